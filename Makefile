@@ -1,0 +1,34 @@
+# The two commands of the README: `make test` and `make demo`. Both set up .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean-demo
+
+install: $(STAMP)
+
+# Reinstall only when pyproject.toml changed (or the venv is missing).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (agpnet)" >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+# Synthetic data -> demo sweep (papermill) -> HTML report at reports/demo/index.html
+demo: $(STAMP)
+	$(PY) -m agpnet synth --out data/synth --seed 0
+	$(PY) -m agpnet sweep sweeps/demo.yaml --out runs/demo
+	$(PY) -m agpnet report runs/demo --out reports/demo
+	@echo "Report: reports/demo/index.html"
+
+bench: $(STAMP)
+	$(PY) benchmarks/metrics_speed.py
+	$(PY) benchmarks/throughput.py
+
+clean-demo:
+	rm -rf data/synth runs/demo reports/demo

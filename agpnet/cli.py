@@ -1,0 +1,177 @@
+"""The `agpnet` command: run, eval, predict, synth, sweep, report.
+
+Bad input (arguments, files, layouts) prints one line `agpnet: error: ...` and exits with 2.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from agpnet.errors import AgpnetError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.handler(args) or 0
+    except AgpnetError as err:
+        print(f"agpnet: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("agpnet: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agpnet", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train and evaluate one configuration, write RUN_DIR/record.json",
+                              description="Every config field is a flag (--field-name VALUE); "
+                                          "lists as 3,6,9,12; booleans as true/false.")
+    run.add_argument("--config", help="YAML file of config fields (flags given here override it)")
+    run.add_argument("--out", dest="out_dir", help="run folder (record.json, checkpoint.pt, maps.npz)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/checkpoint.pt")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(run)
+    run.set_defaults(handler=_cmd_run)
+
+    ev = commands.add_parser("eval", help="evaluate a checkpoint on a dataset, write RUN_DIR/record.json")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--root", required=True)
+    ev.add_argument("--setting", default="multi-class")
+    ev.add_argument("--category")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--save-maps", action="store_true")
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(handler=_cmd_eval)
+
+    pr = commands.add_parser("predict", help="anomaly maps (PNG overlays) and scores (CSV) for new images")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.set_defaults(handler=_cmd_predict)
+
+    sy = commands.add_parser("synth", help="write the synthetic demo dataset (MVTec-AD layout)")
+    sy.add_argument("--out", required=True)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--image-size", type=int, default=256)
+    sy.add_argument("--n-train", type=int, default=80)
+    sy.add_argument("--n-test", type=int, default=40)
+    sy.set_defaults(handler=_cmd_synth)
+
+    sw = commands.add_parser("sweep", help="run a grid of notebooks with papermill (resumable)")
+    sw.add_argument("sweep_file")
+    sw.add_argument("--out", help="output folder (default: the sweep file's `out`)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field for every cell (repeatable), e.g. --set epochs=1")
+    sw.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
+    sw.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    sw.set_defaults(handler=_cmd_sweep)
+
+    rp = commands.add_parser("report", help="HTML report (tables, attention, ablations) over a folder of runs")
+    rp.add_argument("runs_dir")
+    rp.add_argument("--out", required=True)
+    rp.set_defaults(handler=_cmd_report)
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from agpnet.config import RunConfig, flat_fields
+
+    defaults = RunConfig().to_flat()
+    group = parser.add_argument_group("config fields (defaults in brackets)")
+    for name in flat_fields():
+        if name == "out_dir":
+            continue
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, dest=name, default=None, metavar="V", help=f"[{_show(defaults[name])}]")
+
+
+def _show(value) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _cmd_run(args) -> int:
+    from agpnet.config import RunConfig, flat_fields, load_yaml_config
+    from agpnet.run import run_experiment
+
+    values = load_yaml_config(args.config) if args.config else {}
+    values.update({k: getattr(args, k) for k in flat_fields() if getattr(args, k, None) is not None})
+    cfg = RunConfig.from_flat(values)
+    record = run_experiment(cfg, resume=args.resume, progress=not args.quiet)
+    _print_metrics(record["metrics"])
+    print(f"record: {Path(cfg.out_dir) / 'record.json'}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from agpnet.run import evaluate_checkpoint
+
+    record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, root=args.root, setting=args.setting,
+                                 category=args.category, device=args.device, batch_size=args.batch_size,
+                                 save_maps=args.save_maps, out_dir=args.out)
+    _print_metrics(record["metrics"])
+    print(f"record: {Path(args.out) / 'record.json'}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from agpnet.predict import predict_images
+
+    csv_path = predict_images(args.checkpoint, args.inputs, args.out, device=args.device, batch_size=args.batch_size)
+    print(f"scores: {csv_path}")
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from agpnet.data.synth import write_synthetic_dataset
+
+    root = write_synthetic_dataset(args.out, seed=args.seed, image_size=args.image_size, n_train=args.n_train,
+                                   n_test=args.n_test)
+    print(f"synthetic dataset: {root}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    import yaml
+
+    from agpnet.sweep import run_sweep
+
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AgpnetError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=1")
+        overrides[key.strip()] = yaml.safe_load(value)
+    summary = run_sweep(args.sweep_file, out=args.out, overrides=overrides, dry_run=args.dry_run,
+                        retry_failed=args.retry_failed)
+    return 1 if summary.get("failed") else 0
+
+
+def _cmd_report(args) -> int:
+    from agpnet.report import build_report
+
+    index = build_report(args.runs_dir, args.out)
+    print(f"report: {index}")
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    from agpnet.metrics import METRIC_KEYS
+
+    header = ["category", *METRIC_KEYS, "mad"]
+    print(" ".join(f"{h:>12}" for h in header))
+    for category, values in metrics.items():
+        print(" ".join([f"{category:>12}", *(f"{100 * values[k]:12.1f}" for k in header[1:])]))

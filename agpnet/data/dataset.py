@@ -1,0 +1,139 @@
+"""Torch dataset over `Sample`s: image loading, resizing, ImageNet normalisation, masks.
+
+Images are resized to S x S (no crop; PIL bilinear with antialiasing), converted to RGB
+(grayscale, palette, RGBA and 16-bit images included) and normalised with the ImageNet mean
+and std. Masks are resized with nearest neighbour and binarised with > 0; good images get an
+all-False mask.
+"""
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from agpnet.data.sample import Sample
+from agpnet.errors import AgpnetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class AnomalyDataset(Dataset):
+    """Item: dict(image=float32 (3,S,S) normalised, mask=bool (S,S), label=int, category=str,
+    defect=str, path=str, index=int).
+
+    With `cache=True` the resized uint8 image and the bit-packed mask stay in memory after the
+    first read, so later epochs skip decoding (about 3*S*S + S*S/8 bytes per image; each
+    DataLoader worker process keeps its own cache).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: int = 256,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        cache: bool = False,
+    ):
+        self.samples = list(samples)
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._offset = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
+        self._scale = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
+        self.cache = cache
+        self._cached: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        if index in self._cached:
+            pixels, packed = self._cached[index]
+        else:
+            pixels, packed = self._load(sample)
+            if self.cache:
+                self._cached[index] = (pixels, packed)
+        size = self.image_size
+        image = (torch.from_numpy(pixels).float() - self._offset) / self._scale
+        if packed is None:
+            mask = torch.zeros(size, size, dtype=torch.bool)
+        else:
+            mask = torch.from_numpy(np.unpackbits(packed, count=size * size).reshape(size, size).astype(bool))
+        return {
+            "image": image,
+            "mask": mask,
+            "label": int(sample.label),
+            "category": sample.category,
+            "defect": sample.defect,
+            "path": str(sample.image),
+            "index": index,
+        }
+
+    def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+        """(uint8 (3,S,S) image, bit-packed (S*S,) mask or None)."""
+        size = (self.image_size, self.image_size)
+        image = load_rgb(sample.image, draft_size=size).resize(size, Image.BILINEAR)
+        pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+        if sample.mask is None:
+            return pixels, None
+        mask = Image.fromarray(load_mask(sample.mask)).resize(size, Image.NEAREST)
+        return pixels, np.packbits(np.asarray(mask) > 0)
+
+
+def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image as 8-bit RGB (16-bit scaled to 8-bit). `draft_size` lets JPEG decode at a
+    reduced scale that is still at least that size (faster for large photos)."""
+    try:
+        with Image.open(path) as image:
+            if draft_size is not None:
+                image.draft(None, draft_size)
+            image.load()
+            return _to_rgb(image)
+    except _DECODE_ERRORS as err:
+        reason = " ".join(str(err).split())
+        raise AgpnetError(
+            f"{path}: cannot decode image (expected a readable PNG/JPEG/BMP/TIFF): {reason}"
+        ) from err
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Decode a mask as uint8 (H,W) with 255 where any channel is > 0 (palette: index > 0)."""
+    try:
+        with Image.open(path) as image:
+            values = np.asarray(image)
+    except _DECODE_ERRORS as err:
+        reason = " ".join(str(err).split())
+        raise AgpnetError(f"{path}: cannot decode mask (expected a readable PNG/BMP/TIFF): {reason}") from err
+    if values.ndim == 3:
+        values = values.any(axis=2)
+    return np.where(values > 0, 255, 0).astype(np.uint8)
+
+
+def denormalize(
+    image: torch.Tensor | np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Normalised (3,H,W) image (tensor or array, any device) -> uint8 (H,W,3) for plotting."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().numpy()
+    image = np.asarray(image, dtype=np.float32)
+    rgb = image * np.asarray(std, np.float32)[:, None, None] + np.asarray(mean, np.float32)[:, None, None]
+    return np.clip(np.rint(rgb.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I"):  # 16/32-bit integer grayscale: 16-bit range to 8-bit
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    elif image.mode == "F":  # float grayscale: [0, 1] if it fits, else [0, 255]
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return image.convert("RGB")

@@ -1,0 +1,322 @@
+"""Readers for the dataset layouts: MVTec-AD, VisA, MVTec-3D AD (RGB only) and a generic folder.
+
+A reader lists the categories under a dataset root and reads one category into training
+samples (normal images) and test samples (good and defective images, with masks), each in
+sorted order. At read time every image is checked cheaply: PIL opens its header (format and
+size), nothing is decoded, so reading a 5000-image dataset takes about a second.
+
+Layouts (see docs/datasets.md):
+- mvtec:   <root>/<category>/train/good/*, test/<defect>/*, ground_truth/<defect>/<stem>_mask.png
+- visa:    the raw release (<root>/split_csv/1cls.csv, paths relative to <root>) or VisA already
+           converted to the MVTec-AD layout (chosen automatically: the csv wins when present)
+- mvtec3d: <root>/<category>/train/good/rgb/*, test/<defect>/rgb/*, test/<defect>/gt/* (validation/ unused)
+- folder:  <root>/train/good/* (normal training images), <root>/test/good/*, <root>/test/<defect>/*,
+           optional masks in <root>/ground_truth/ or <root>/masks/ (by stem, "_mask" suffix allowed,
+           optionally inside a <defect>/ subfolder). The category is the root folder's name.
+           Without a mask folder, defective images have mask None (image-level metrics only).
+"""
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from agpnet.data.sample import DATASETS, IMAGE_SUFFIXES, Sample, Split
+from agpnet.errors import AgpnetError
+
+VISA_COLUMNS = ("object", "split", "label", "image", "mask")
+MASK_DIR_NAMES = ("ground_truth", "masks")
+
+_EXPECTED_LAYOUT = {
+    "mvtec": "<root>/<category>/train/good/ (MVTec-AD layout)",
+    "visa": "<root>/split_csv/1cls.csv (VisA release) or <root>/<category>/train/good/ (VisA in MVTec-AD layout)",
+    "mvtec3d": "<root>/<category>/train/good/rgb/ (MVTec-3D AD layout)",
+    "folder": "<root>/train/good/ with test/good/ and test/<defect>/ (folder layout)",
+}
+
+
+def list_categories(dataset: str, root: str | os.PathLike) -> list[str]:
+    """Sorted category names of the dataset at `root`."""
+    root = _check_root(dataset, root)
+    return _categories(dataset, root)
+
+
+def read_category(dataset: str, root: str | os.PathLike, category: str) -> tuple[list[Sample], list[Sample]]:
+    """(train, test) samples of one category; train holds normal images only."""
+    root = _check_root(dataset, root)
+    available = _categories(dataset, root)
+    if category not in available:
+        raise AgpnetError(f"unknown category '{category}' in {root}; available: {', '.join(available)}")
+    if dataset == "mvtec":
+        train, test = _read_mvtec(root, category)
+    elif dataset == "visa":
+        train, test = _read_visa_csv(root, category) if _visa_is_raw(root) else _read_mvtec(root, category)
+    elif dataset == "mvtec3d":
+        train, test = _read_mvtec3d(root, category)
+    else:
+        mask_dir = next((root / name for name in MASK_DIR_NAMES if (root / name).is_dir()), None)
+        test_dir = _test_dir(root)
+        defect_dirs = {d.name: d for d in _subdirs(test_dir) if d.name != "good"}
+        good_dir = test_dir / "good" if (test_dir / "good").is_dir() else None
+        split = read_folder(root / "train" / "good", good_dir, defect_dirs, mask_dir, category)
+        train, test = split.train, split.test
+    return train, test
+
+
+def read_folder(
+    normal_dir: str | os.PathLike,
+    good_dir: str | os.PathLike | None,
+    defect_dirs: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
+    mask_dir: str | os.PathLike | None = None,
+    category: str = "custom",
+) -> Split:
+    """Split from arbitrary folders: normal training images, good test images, defective test images.
+
+    `defect_dirs` is a list of folders (defect name = folder name) or a {defect: folder} mapping.
+    Masks in `mask_dir` match defective images by stem ("<stem>.png" or "<stem>_mask.png"), also
+    inside a "<defect>/" subfolder. With `mask_dir=None` defective images get mask None.
+    """
+    normal_dir = _existing_dir(normal_dir, "normal training images")
+    if not isinstance(defect_dirs, Mapping):
+        defect_dirs = {Path(d).name: d for d in defect_dirs}
+    train = [Sample(p, category, 0, "good", None) for p in _images(normal_dir, required=True)]
+    test = []
+    if good_dir is not None:
+        good_dir = _existing_dir(good_dir, "good test images")
+        test += [Sample(p, category, 0, "good", None) for p in _images(good_dir)]
+    masks = None
+    if mask_dir is not None:
+        mask_dir = _existing_dir(mask_dir, "mask images")
+        masks = _mask_index(mask_dir)
+        masks.update(
+            {(d.name, stem): path for d in _subdirs(mask_dir) for stem, path in _mask_index(d).items()}
+        )
+    for defect in sorted(defect_dirs):
+        for image in _images(_existing_dir(defect_dirs[defect], "defective test images")):
+            mask = None
+            if masks is not None:
+                mask = masks.get((defect, image.stem)) or masks.get(image.stem)
+                if mask is None:
+                    expected = (
+                        f"{mask_dir}/{image.stem}_mask.png or {mask_dir}/{defect}/{image.stem}_mask.png"
+                    )
+                    raise AgpnetError(f"{image}: defective test image has no mask (expected {expected})")
+            test.append(Sample(image, category, 1, defect, mask))
+    test.sort(key=lambda s: str(s.image))
+    _check_images(train + test)
+    return Split(train=train, test=test, categories=[category])
+
+
+def image_size(path: Path, what: str = "image") -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = " ".join(str(err).split())
+        raise AgpnetError(
+            f"{path}: cannot read {what} (expected a PNG/JPEG/BMP/TIFF file): {reason}"
+        ) from err
+
+
+# --- layouts ---------------------------------------------------------------------------------
+
+
+def _categories(dataset: str, root: Path) -> list[str]:
+    if dataset == "folder":
+        if not (root / "train" / "good").is_dir():
+            raise AgpnetError(f"{root}: layout not recognised; expected {_EXPECTED_LAYOUT['folder']}")
+        return [Path(os.path.abspath(root)).name]
+    if dataset == "visa" and _visa_is_raw(root):
+        return sorted({row["object"] for _, row in _visa_rows(root)[1]})
+    marker = ("train", "good", "rgb") if dataset == "mvtec3d" else ("train", "good")
+    categories = sorted(d.name for d in _subdirs(root) if d.joinpath(*marker).is_dir())
+    if not categories:
+        raise AgpnetError(f"{root}: layout not recognised; expected {_EXPECTED_LAYOUT[dataset]}")
+    return categories
+
+
+def _read_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    cat_dir = root / category
+    train = [Sample(p, category, 0, "good", None) for p in _images(cat_dir / "train" / "good", required=True)]
+    test = []
+    for defect_dir in _subdirs(_test_dir(cat_dir)):
+        defect = defect_dir.name
+        if defect == "good":
+            test += [Sample(p, category, 0, "good", None) for p in _images(defect_dir)]
+            continue
+        mask_dir = cat_dir / "ground_truth" / defect
+        masks = _mask_index(mask_dir)
+        for image in _images(defect_dir):
+            if image.stem not in masks:
+                raise AgpnetError(
+                    f"{image}: defective test image has no mask (expected {mask_dir / (image.stem + '_mask.png')})"
+                )
+            test.append(Sample(image, category, 1, defect, masks[image.stem]))
+    _check_images(train + test)
+    return train, test
+
+
+def _read_mvtec3d(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    cat_dir = root / category
+    train_dir = cat_dir / "train" / "good" / "rgb"
+    train = [Sample(p, category, 0, "good", None) for p in _images(train_dir, required=True)]
+    test = []
+    for defect_dir in _subdirs(_test_dir(cat_dir)):
+        defect = defect_dir.name
+        images = _images(_existing_dir(defect_dir / "rgb", "RGB test images (MVTec-3D AD layout)"))
+        if defect == "good":
+            test += [Sample(p, category, 0, "good", None) for p in images]
+            continue
+        masks = _mask_index(defect_dir / "gt")
+        for image in images:
+            if image.stem not in masks:
+                raise AgpnetError(
+                    f"{image}: defective test image has no mask (expected {defect_dir / 'gt' / image.name})"
+                )
+            test.append(Sample(image, category, 1, defect, masks[image.stem]))
+    _check_images(train + test)
+    return train, test
+
+
+def _visa_is_raw(root: Path) -> bool:
+    """VisA release (csv split) rather than VisA converted to the MVTec-AD layout."""
+    if (root / "split_csv").is_dir():
+        return True
+    subdirs = _subdirs(root)
+    if any((d / "train" / "good").is_dir() for d in subdirs):
+        return False
+    return any((d / "Data").is_dir() for d in subdirs)
+
+
+def _visa_rows(root: Path) -> tuple[Path, list[tuple[int, dict[str, str]]]]:
+    """The official split file and its rows as (line number, row)."""
+    csv_path = root / "split_csv" / "1cls.csv"
+    if not csv_path.is_file():
+        raise AgpnetError(
+            f"{csv_path}: VisA split file not found (expected the release's split_csv/1cls.csv)"
+        )
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [name.strip() for name in next(reader, [])]
+        missing = [name for name in VISA_COLUMNS if name not in header]
+        if missing:
+            raise AgpnetError(
+                f"{csv_path}: missing columns {', '.join(missing)} (expected columns {','.join(VISA_COLUMNS)})"
+            )
+        rows = [
+            (n, dict(zip(header, (v.strip() for v in values))))
+            for n, values in enumerate(reader, 2)
+            if values
+        ]
+    if not rows:
+        raise AgpnetError(f"{csv_path}: no rows (expected one row per VisA image)")
+    return csv_path, rows
+
+
+def _read_visa_csv(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    csv_path, rows = _visa_rows(root)
+    train, test = [], []
+    for line, row in rows:
+        if row["object"] != category:
+            continue
+        where = f"{csv_path} line {line}"
+        if row["split"] not in ("train", "test") or row["label"] not in ("normal", "anomaly"):
+            raise AgpnetError(
+                f"{where}: split '{row['split']}', label '{row['label']}' "
+                "(expected split train/test and label normal/anomaly)"
+            )
+        image = root / row["image"]
+        if not image.is_file():
+            raise AgpnetError(f"{image}: image listed in {where} not found (expected a file)")
+        if row["split"] == "train":
+            if row["label"] != "normal":
+                raise AgpnetError(
+                    f"{where}: anomaly in the train split (expected only normal training images)"
+                )
+            train.append(Sample(image, category, 0, "good", None))
+        elif row["label"] == "normal":
+            test.append(Sample(image, category, 0, "good", None))
+        else:
+            mask = root / row["mask"] if row["mask"] else None
+            if mask is None or not mask.is_file():
+                raise AgpnetError(
+                    f"{image}: defective test image has no mask (expected {mask or 'a mask path'} from {where})"
+                )
+            test.append(Sample(image, category, 1, "anomaly", mask))
+    if not train:
+        raise AgpnetError(
+            f"{csv_path}: category '{category}' has no training images (expected rows with split=train)"
+        )
+    train.sort(key=lambda s: str(s.image))
+    test.sort(key=lambda s: str(s.image))
+    _check_images(train + test)
+    return train, test
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def _check_root(dataset: str, root: str | os.PathLike) -> Path:
+    if dataset not in DATASETS:
+        raise AgpnetError(f"unknown dataset '{dataset}' (expected one of {', '.join(DATASETS)})")
+    root = Path(root)
+    if not root.is_dir():
+        raise AgpnetError(f"{root}: dataset root not found (expected a folder: {_EXPECTED_LAYOUT[dataset]})")
+    return root
+
+
+def _existing_dir(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise AgpnetError(f"{path}: folder not found (expected a folder of {what})")
+    return path
+
+
+def _test_dir(parent: Path) -> Path:
+    return _existing_dir(parent / "test", "test images: test/good/ and test/<defect>/")
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _images(folder: Path, required: bool = False) -> list[Path]:
+    """Sorted image files of a folder (hidden files and other suffixes ignored)."""
+    files = []
+    if folder.is_dir():
+        files = sorted(
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+    if required and not files:
+        raise AgpnetError(f"{folder}: no training images (expected {'/'.join(IMAGE_SUFFIXES)} files)")
+    return files
+
+
+def _mask_index(folder: Path) -> dict[str, Path]:
+    """{image stem: mask file} for "<stem>_mask.*" and "<stem>.*" files; "_mask" wins on a tie."""
+    index = {}
+    for path in _images(folder):
+        stem = path.stem
+        if stem.endswith("_mask"):
+            index[stem[: -len("_mask")]] = path
+        else:
+            index.setdefault(stem, path)
+    return index
+
+
+def _check_images(samples: list[Sample]) -> None:
+    """Open every image and mask header; a mask must have the size of its image."""
+    for sample in samples:
+        size = image_size(sample.image)
+        if sample.mask is not None:
+            mask_size = image_size(sample.mask, "mask")
+            if mask_size != size:
+                raise AgpnetError(
+                    f"{sample.mask}: mask size {mask_size[0]}x{mask_size[1]} differs from image "
+                    f"{sample.image} size {size[0]}x{size[1]} (expected the same size)"
+                )

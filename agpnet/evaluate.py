@@ -1,0 +1,88 @@
+"""Evaluate a trained model on a test set: stream batches into the metrics accumulator.
+
+Maps and masks are compared at the model's input resolution (S x S, resize without crop;
+masks nearest-neighbour, binarised > 0), as metrics.md specifies for the default protocol.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from agpnet.atomic import atomic_write
+from agpnet.metrics import MetricAccumulator
+
+
+@dataclass
+class EvalResult:
+    metrics: dict  # {category: {7 metrics + "mad"}, "mean": {...}}, fractions in [0, 1]
+    n_images: int
+    seconds: float
+    images_per_second: float
+    resolution: str
+
+
+def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_limit: float = 0.3,
+             maps_path: str | Path | None = None, maps_size: int = 128, num_workers: int = 0) -> EvalResult:
+    """Metrics of `model` on `test_set` (an AnomalyDataset). Writes maps.npz when `maps_path` is given."""
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    accumulator = MetricAccumulator()
+    keep = _MapStore(maps_size) if maps_path is not None else None
+    size = None
+    start = time.perf_counter()
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            out = model.predict(images)
+            size = images.shape[-1]
+            accumulator.add(batch["category"], out["score"], batch["label"], out["anomaly_map"], masks)
+            if keep is not None:
+                keep.add(batch, out, model.attention_masks(images, progress=1.0))
+    metrics = accumulator.compute(fpr_limit=fpr_limit)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if keep is not None:
+        keep.save(maps_path)
+    n = len(test_set)
+    return EvalResult(metrics=metrics, n_images=n, seconds=seconds, images_per_second=n / max(seconds, 1e-9),
+                      resolution=f"input resolution {size}x{size} px (resize, no crop)")
+
+
+class _MapStore:
+    """Anomaly maps, masks and attention masks of every test image, for maps.npz (viewer)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.arrays: dict[str, list] = {k: [] for k in (
+            "anomaly_maps", "masks", "scores", "labels", "paths", "categories", "defects",
+            "a_prior", "a_learn", "a_final")}
+
+    def add(self, batch: dict, out: dict, attention: dict) -> None:
+        s = self.size
+        maps = F.interpolate(out["anomaly_map"][:, None].float(), size=(s, s), mode="bilinear", align_corners=False)
+        masks = F.interpolate(batch["mask"][:, None].float(), size=(s, s), mode="nearest") > 0
+        self.arrays["anomaly_maps"].append(maps[:, 0].to(torch.float16).cpu().numpy())
+        self.arrays["masks"].append(masks[:, 0].cpu().numpy())
+        self.arrays["scores"].append(out["score"].float().cpu().numpy())
+        self.arrays["labels"].append(np.asarray(batch["label"], dtype=np.int8))
+        for key, name in (("paths", "path"), ("categories", "category"), ("defects", "defect")):
+            self.arrays[key].append(np.asarray(batch[name], dtype=str))
+        for key in ("a_prior", "a_learn", "a_final"):
+            self.arrays[key].append(attention[key].to(torch.float16).cpu().numpy())
+
+    def save(self, path: str | Path) -> None:
+        arrays = {k: np.concatenate(v) for k, v in self.arrays.items()}
+        atomic_write(path, lambda tmp: _savez(tmp, arrays))
+
+
+def _savez(tmp: Path, arrays: dict) -> None:
+    with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz" to the temp name
+        np.savez_compressed(f, **arrays)

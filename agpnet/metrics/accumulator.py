@@ -1,0 +1,150 @@
+"""Collect predictions batch by batch and compute the metrics per category.
+
+Storage: anomaly maps as float16 (default) on the accelerator they come on (host data as
+numpy arrays), so the metrics are exact over the stored float16 values (pass
+`map_dtype=torch.float32` to keep float32); masks as packed bits on the host (1 bit per
+pixel); scores and labels on the host. A dataset thus costs about 2 B per pixel, plus,
+during `compute()`, the sort of one category at a time (8 B per pixel of that category on
+the host, 24 B on an accelerator; see `agpnet.metrics.functional`).
+"""
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from agpnet.errors import AgpnetError
+from agpnet.metrics.functional import (
+    METRIC_KEYS,
+    MetricWarning,
+    check_pixel_inputs,
+    host_vector,
+    image_metrics,
+    mad,
+    numpy_if_on_host,
+    pixel_metrics_of_parts,
+)
+from agpnet.metrics.regions import pack_masks
+
+_MAP_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
+
+
+class _Category:
+    """What was added for one category: per-batch parts, in the order they came."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+        self.scores: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.maps: list = []  # numpy arrays or tensors (N_b, H, W) of map_dtype
+        self.masks: list[np.ndarray] = []  # packed bits (N_b, ceil(H*W/8)) uint8
+
+
+class MetricAccumulator:
+    """`add()` batches of (categories, scores, labels, maps, masks); `compute()` the metrics."""
+
+    def __init__(self, map_dtype: torch.dtype = torch.float16):
+        if map_dtype not in _MAP_DTYPES:
+            raise AgpnetError(f"map_dtype: expected torch.float16 or torch.float32, got {map_dtype}")
+        self.map_dtype = map_dtype
+        self._categories: dict[str, _Category] = {}
+        self._image_categories: list[np.ndarray] = []
+        self._image_scores: list[np.ndarray] = []
+        self._image_labels: list[np.ndarray] = []
+
+    def add(self, categories: Sequence[str] | str, scores, labels, maps, masks) -> None:
+        """categories: B names (or one name for the whole batch); scores (B,) float; labels (B,) 0/1;
+        maps (B, H, W) float; masks (B, H, W) bool. numpy arrays or torch tensors, any device."""
+        check_pixel_inputs(maps, masks)
+        scores = host_vector(scores, "scores").astype(np.float64)
+        labels = host_vector(labels, "labels").astype(np.int64)
+        batch = len(scores)
+        if isinstance(categories, str):
+            categories = [categories] * batch
+        categories = np.asarray(categories, dtype=str)
+        if not (len(categories) == len(labels) == batch == maps.shape[0] == masks.shape[0]):
+            raise AgpnetError(
+                f"MetricAccumulator.add: batch sizes differ (categories {len(categories)}, scores {batch}, "
+                f"labels {len(labels)}, maps {maps.shape[0]}, masks {masks.shape[0]})"
+            )
+        if not np.isin(labels, (0, 1)).all():
+            raise AgpnetError("MetricAccumulator.add: labels must be 0 (good) or 1 (defective)")
+        maps = numpy_if_on_host(maps)
+        if isinstance(maps, torch.Tensor):
+            maps = maps.detach().to(self.map_dtype)
+        else:
+            maps = np.asarray(maps, dtype=_MAP_DTYPES[self.map_dtype])
+        packed = pack_masks(masks)
+        shape = tuple(maps.shape[1:])
+        if "mean" in categories:
+            raise AgpnetError("MetricAccumulator.add: 'mean' is reserved for the mean over categories")
+        names = list(dict.fromkeys(categories.tolist()))  # first-seen order, plain str
+        for name in names:
+            if name in self._categories and self._categories[name].shape != shape:
+                raise AgpnetError(
+                    f"MetricAccumulator.add: category {name!r} has maps of size "
+                    f"{self._categories[name].shape}, got {shape}"
+                )
+        for name in names:
+            rows = np.flatnonzero(categories == name)
+            store = self._categories.setdefault(name, _Category(shape))
+            take = torch.from_numpy(rows).to(maps.device) if isinstance(maps, torch.Tensor) else rows
+            store.scores.append(scores[rows])
+            store.labels.append(labels[rows])
+            store.maps.append(maps[take])
+            store.masks.append(packed[rows])
+        self._image_categories.append(categories)
+        self._image_scores.append(scores)
+        self._image_labels.append(labels)
+
+    def compute(self, fpr_limit: float = 0.3) -> dict[str, dict[str, float]]:
+        """{category: {7 METRIC_KEYS + "mad"}, "mean": {same keys, mean over categories}}.
+
+        The mean ignores NaN values (with a warning naming the categories that lack them).
+        """
+        if not self._categories:
+            raise AgpnetError("MetricAccumulator.compute: no batches were added")
+        results = {}
+        for name, store in self._categories.items():
+            metrics = image_metrics(np.concatenate(store.scores), np.concatenate(store.labels), category=name)
+            parts = _same_backend(store.maps)
+            packed = np.concatenate(store.masks)
+            metrics.update(pixel_metrics_of_parts(parts, packed, store.shape, fpr_limit, name))
+            metrics["mad"] = mad(metrics)
+            results[name] = metrics
+        results["mean"] = _mean_over_categories(results)
+        return results
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Every added image in order: {"categories": str (N,), "scores": float64 (N,), "labels": int64 (N,)}."""
+        if not self._image_scores:
+            return {"categories": np.zeros(0, str), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)}
+        return {
+            "categories": np.concatenate(self._image_categories),
+            "scores": np.concatenate(self._image_scores),
+            "labels": np.concatenate(self._image_labels),
+        }
+
+
+def _same_backend(parts: list) -> list:
+    """All parts as tensors on the first tensor's device if any part is a tensor, else as given."""
+    device = next((part.device for part in parts if isinstance(part, torch.Tensor)), None)
+    if device is None:
+        return parts
+    return [torch.as_tensor(part).to(device) for part in parts]
+
+
+def _mean_over_categories(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    mean = {}
+    for key in (*METRIC_KEYS, "mad"):
+        values = np.array([metrics[key] for metrics in results.values()], dtype=np.float64)
+        lacking = [name for name, metrics in results.items() if np.isnan(metrics[key])]
+        if lacking and len(lacking) < len(values):
+            warnings.warn(
+                f"mean {key} leaves out categories where it is NaN: {', '.join(lacking)}",
+                MetricWarning,
+                stacklevel=3,
+            )
+        mean[key] = float(np.nanmean(values)) if len(lacking) < len(values) else float("nan")
+    return mean

@@ -1,0 +1,80 @@
+"""The frozen encoder: a timm Vision Transformer tapped at a few blocks.
+
+`Encoder(vit, blocks)(images)` returns the patch tokens (prefix tokens, i.e. CLS and register
+tokens, dropped) of the tapped blocks and, on request, the CLS->patch attention of those
+blocks (A_prior). The blocks keep timm's fused attention; the CLS row of the attention is
+computed on the side from the block's own qkv weights (one query against all keys).
+"""
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agpnet.errors import AgpnetError
+
+
+def cls_attention(block: nn.Module, x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """CLS->patch attention of a timm ViT block for its input `x` (B, T, C): (B, heads, T - prefix).
+
+    softmax(q_cls . K^T / sqrt(d)) over all T tokens, per head, keeping the patch columns.
+    """
+    attn = block.attn
+    y = block.norm1(x)
+    b, t, _ = y.shape
+    heads, dim = attn.num_heads, attn.head_dim
+    width = heads * dim
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(y[:, :1], weight[:width], None if bias is None else bias[:width])
+    k = F.linear(y, weight[width:2 * width], None if bias is None else bias[width:2 * width])
+    q = attn.q_norm(q.view(b, 1, heads, dim).transpose(1, 2))  # (B, heads, 1, d)
+    k = attn.k_norm(k.view(b, t, heads, dim).transpose(1, 2))  # (B, heads, T, d)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, T)
+    return logits.float().softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
+
+
+class Encoder(nn.Module):
+    """Frozen timm ViT; always in eval mode, no gradients."""
+
+    def __init__(self, vit: nn.Module, blocks: tuple[int, ...]):
+        super().__init__()
+        for name in ("patch_embed", "_pos_embed", "norm_pre", "blocks", "num_prefix_tokens"):
+            if not hasattr(vit, name):
+                raise AgpnetError(f"backbone {type(vit).__name__}: not a timm VisionTransformer (no {name})")
+        if max(blocks) > len(vit.blocks):
+            raise AgpnetError(f"model config blocks={tuple(blocks)}: the backbone has {len(vit.blocks)} blocks")
+        self.vit = vit
+        self.blocks = tuple(blocks)
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.grid = tuple(vit.patch_embed.grid_size)  # (h, w) tokens
+        self.dim = vit.embed_dim
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Encoder":
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor, with_attention: bool = False):
+        """images (B, 3, S, S) normalised -> (list of (B, h*w, C) per tapped block, A (B, h, w) or None)."""
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        features, attentions = [], []
+        for i, block in enumerate(vit.blocks[: max(self.blocks)], start=1):
+            if with_attention and i in self.blocks:
+                attentions.append(cls_attention(block, x, self.num_prefix_tokens))
+            x = block(x)
+            if i in self.blocks:
+                features.append(x[:, self.num_prefix_tokens:])
+        if not with_attention:
+            return features, None
+        a = torch.stack(attentions).mean(dim=(0, 2))  # mean over blocks and heads: (B, h*w)
+        return features, a.view(-1, *self.grid)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the encoder weights (to check a checkpoint is reloaded on the same encoder)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.vit.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()

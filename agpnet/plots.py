@@ -1,0 +1,241 @@
+"""Figures for notebooks, the viewer and reports. Every function takes arrays or records and
+returns a matplotlib Figure (not registered with pyplot: nothing is shown twice or leaked).
+
+Conventions: an image is (H, W, 3) in [0, 1] (float) or uint8; an anomaly map is (H, W) float
+(any scale); a mask is (H, W) bool; attention maps are (h, w) on the token grid. Anomaly maps
+use the "jet" colour map, attention maps "viridis"; the ground truth is a green contour and the
+thresholded prediction a dashed white one.
+"""
+
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+PANEL_INCHES = 2.4
+ANOMALY_CMAP = "jet"
+ATTENTION_CMAP = "viridis"
+
+
+def to_png(fig: Figure, dpi: int = 100) -> bytes:
+    """PNG bytes of a figure (for ipywidgets.Image and files)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
+    """(3, H, W) normalised model input -> (H, W, 3) in [0, 1] for display."""
+    image = np.asarray(image, dtype=np.float32)
+    image = image * np.asarray(std, dtype=np.float32)[:, None, None] + np.asarray(mean, dtype=np.float32)[:, None, None]
+    return np.clip(image.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def loss_curve(loss_per_epoch, title: str = "training loss") -> Figure:
+    """Loss per epoch (a list, or a run record with `loss_per_epoch`)."""
+    if isinstance(loss_per_epoch, dict):
+        loss_per_epoch = loss_per_epoch["loss_per_epoch"]
+    losses = np.asarray(loss_per_epoch, dtype=float)
+    fig = Figure(figsize=(4.5, 3))
+    ax = fig.subplots()
+    ax.plot(np.arange(1, len(losses) + 1), losses, marker="o" if len(losses) < 30 else None)
+    ax.set(xlabel="epoch", ylabel="loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def draw_overlay(ax, image, anomaly_map, mask=None, threshold: float | None = None, vmin=None, vmax=None,
+                 alpha: float = 0.5):
+    """Image with the anomaly map on top, the ground-truth contour (green) and, given a
+    threshold, the contour of the predicted region map >= threshold (dashed white)."""
+    image = _as_rgb(image)
+    anomaly_map = _resize_like(np.asarray(anomaly_map, dtype=np.float32), image.shape[:2])
+    ax.imshow(image)
+    shown = ax.imshow(anomaly_map, cmap=ANOMALY_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
+    if mask is not None and np.any(mask):
+        ax.contour(_resize_like(np.asarray(mask, dtype=np.float32), image.shape[:2]), levels=[0.5],
+                   colors="lime", linewidths=1.2)
+    if threshold is not None and anomaly_map.min() < threshold <= anomaly_map.max():
+        ax.contour(anomaly_map, levels=[threshold], colors="white", linewidths=1.0, linestyles="dashed")
+    _clean(ax)
+    return shown
+
+
+def heatmap_overlay(image, anomaly_map, mask=None, threshold: float | None = None, vmin=None, vmax=None,
+                    title: str | None = None) -> Figure:
+    """One image: image | ground truth | anomaly-map overlay."""
+    fig = Figure(figsize=(3 * PANEL_INCHES, PANEL_INCHES + 0.4))
+    axes = fig.subplots(1, 3)
+    _heatmap_row(fig, axes, image, anomaly_map, mask, threshold, vmin, vmax)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_grid(images, anomaly_maps, masks, titles=None, vmin=None, vmax=None) -> Figure:
+    """Several images, one row each: image | ground truth | anomaly-map overlay (shared scale)."""
+    n = len(images)
+    fig = Figure(figsize=(3 * PANEL_INCHES, n * PANEL_INCHES + 0.2))
+    axes = np.atleast_2d(fig.subplots(n, 3))
+    for i in range(n):
+        _heatmap_row(fig, axes[i], images[i], anomaly_maps[i], masks[i] if masks is not None else None, None,
+                     vmin, vmax)
+        if titles is not None:
+            axes[i, 0].set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attention_panels(image, a_prior, a_learn, a_final, image_perturbed=None, feature_noise_std=None,
+                     anomaly_map=None, mask=None, title: str | None = None) -> Figure:
+    """One row: image, A_prior, A_learn, A_final [, image-perturbed, feature-noise std, anomaly map,
+    ground truth] (panels given as None are left out)."""
+    panels = _attention_row(image, a_prior, a_learn, a_final, image_perturbed, feature_noise_std, anomaly_map,
+                            mask, "")
+    fig = Figure(figsize=(len(panels) * PANEL_INCHES * 0.8, PANEL_INCHES))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, panel in zip(axes, panels):
+        _draw_panel(fig, ax, *panel)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def perturbation_stages(image, stages: list[dict], anomaly_map=None, mask=None, title: str | None = None) -> Figure:
+    """One row per training stage: image, A_prior, A_learn, A_final, image-perturbed,
+    feature-noise std, then the final anomaly map and ground truth.
+
+    Each stage: {"progress": t in [0, 1], "alpha": alpha(t), "ratio": r(t), "a_prior", "a_learn",
+    "a_final": (h, w), "image_perturbed": (H, W, 3), "feature_noise_std": (h, w)}."""
+    rows = []
+    for stage in stages:
+        label = f"t={stage['progress']:.2f}: alpha={stage['alpha']:.2f}, r={stage['ratio']:.2f}"
+        rows.append(_attention_row(image, stage.get("a_prior"), stage.get("a_learn"), stage.get("a_final"),
+                                   stage.get("image_perturbed"), stage.get("feature_noise_std"), anomaly_map,
+                                   mask, label))
+    n_cols = max(len(r) for r in rows)
+    fig = Figure(figsize=(n_cols * PANEL_INCHES * 0.8, len(rows) * PANEL_INCHES * 0.9))
+    axes = np.array(fig.subplots(len(rows), n_cols)).reshape(len(rows), n_cols)
+    for row_axes, panels in zip(axes, rows):
+        for ax, panel in zip(row_axes, panels):
+            _draw_panel(fig, ax, *panel)
+        for ax in row_axes[len(panels):]:
+            ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_plot(long: pd.DataFrame, factor: str, metrics=("I-AUROC", "P-AUROC", "AUPRO", "mAD")) -> Figure:
+    """Metric (percent) against the values of one ablation factor; the mean over seeds with the
+    std over seeds as error bars, and each seed as a dot. `long` is a `tables.ablation_frame`."""
+    import seaborn as sns
+
+    metrics = [m for m in metrics if m in set(long["metric"])]
+    fig = Figure(figsize=(3.2 * max(len(metrics), 1), 3.2))
+    axes = np.atleast_1d(fig.subplots(1, max(len(metrics), 1)))
+    data = long.assign(**{factor: long[factor].astype(str)})
+    order = sorted(data[factor].unique())
+    for ax, metric in zip(axes, metrics):
+        part = data[data["metric"] == metric]
+        sns.stripplot(data=part, x=factor, y="value", order=order, ax=ax, color="0.6", size=4, jitter=0.08)
+        sns.pointplot(data=part, x=factor, y="value", order=order, ax=ax, errorbar="sd", capsize=0.15,
+                      linestyle="none", color="C0")
+        ax.set(title=metric, ylabel="%", xlabel=factor)
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def roc_curve_figure(scores, labels, title: str = "image-level ROC") -> Figure:
+    """ROC curve of image scores (labels 1 = defective), with its AUROC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores, dtype=float))
+    fig = Figure(figsize=(3.6, 3.4))
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, label=f"AUROC {100 * roc_auc_score(labels, scores):.1f}")
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def pro_curve_figure(fpr, pro, fpr_limit: float = 0.3, title: str = "PRO curve") -> Figure:
+    """PRO against FPR (from agpnet.metrics.pro_curve), the integration limit shaded."""
+    fpr, pro = np.asarray(fpr, dtype=float), np.asarray(pro, dtype=float)
+    fig = Figure(figsize=(3.6, 3.4))
+    ax = fig.subplots()
+    ax.plot(fpr, pro)
+    inside = fpr <= fpr_limit
+    ax.fill_between(fpr[inside], pro[inside], alpha=0.2)
+    ax.axvline(fpr_limit, color="0.5", linestyle=":", label=f"FPR limit {fpr_limit}")
+    ax.set(xlabel="false positive rate", ylabel="per-region overlap", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _heatmap_row(fig, axes, image, anomaly_map, mask, threshold, vmin, vmax):
+    axes[0].imshow(_as_rgb(image))
+    axes[0].set_title("image", fontsize=8)
+    _clean(axes[0])
+    shape = _as_rgb(image).shape[:2]
+    truth = np.zeros(shape, dtype=bool) if mask is None else _resize_like(np.asarray(mask, np.float32), shape) > 0.5
+    axes[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title("ground truth", fontsize=8)
+    _clean(axes[1])
+    shown = draw_overlay(axes[2], image, anomaly_map, mask, threshold, vmin, vmax)
+    axes[2].set_title("anomaly map", fontsize=8)
+    fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.04)
+
+
+def _attention_row(image, a_prior, a_learn, a_final, image_perturbed, feature_noise_std, anomaly_map, mask, label):
+    """Panels (title, array, kind) of one row; None arrays are left out."""
+    panels = [(f"image\n{label}" if label else "image", image, "rgb"),
+              ("A_prior", a_prior, "attention"), ("A_learn", a_learn, "attention"), ("A_final", a_final, "attention"),
+              ("image-perturbed", image_perturbed, "rgb"), ("feature-noise std", feature_noise_std, "attention"),
+              ("anomaly map", anomaly_map, "anomaly"), ("ground truth", mask, "mask")]
+    return [p for p in panels if p[1] is not None]
+
+
+def _draw_panel(fig, ax, title, array, kind):
+    if kind == "rgb":
+        ax.imshow(_as_rgb(array))
+    elif kind == "mask":
+        ax.imshow(np.asarray(array, dtype=bool), cmap="gray", vmin=0, vmax=1)
+    else:
+        shown = ax.imshow(np.asarray(array, dtype=np.float32), cmap=ANOMALY_CMAP if kind == "anomaly" else ATTENTION_CMAP)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=8)
+    _clean(ax)
+
+
+def _as_rgb(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.dtype == np.uint8:
+        return image
+    return np.clip(image.astype(np.float32), 0.0, 1.0)
+
+
+def _resize_like(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a (h, w) array to `shape` (maps and masks stored smaller than the image)."""
+    if array.shape == tuple(shape):
+        return array
+    rows = (np.arange(shape[0]) * array.shape[0] / shape[0]).astype(int)
+    cols = (np.arange(shape[1]) * array.shape[1] / shape[1]).astype(int)
+    return array[rows][:, cols]
+
+
+def _clean(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])

@@ -1,0 +1,82 @@
+"""Anomaly maps for new images: heatmap overlays (PNG, original size) and a CSV of image scores."""
+
+import csv
+import io
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from agpnet.atomic import write_bytes, write_text
+from agpnet.data import AnomalyDataset, Sample, load_rgb
+from agpnet.environment import resolve_device
+from agpnet.errors import AgpnetError
+from agpnet.train import load_checkpoint
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def find_images(inputs: list[str]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the given folders."""
+    found = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise AgpnetError(f"{item}: no such image file or folder")
+    if not found:
+        raise AgpnetError(f"{', '.join(inputs)}: no images found (expected {'/'.join(sorted(IMAGE_SUFFIXES))})")
+    return found
+
+
+def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str = "auto",
+                   batch_size: int = 16) -> Path:
+    """Writes `<out>/<stem>_overlay.png` per image and `<out>/scores.csv`; returns the CSV path.
+
+    Overlay colours share one scale over all given images (min..max of their maps), so a
+    normal image looks calm next to a defective one.
+    """
+    paths = find_images(inputs)
+    device = resolve_device(device)
+    model, _ = load_checkpoint(checkpoint, device)
+    samples = [Sample(image=p, category="predict", label=0, defect="unknown", mask=None) for p in paths]
+    dataset = AnomalyDataset(samples, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
+    maps, scores = [], []
+    model.eval()
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            out = model.predict(batch["image"].to(device))
+            maps.append(out["anomaly_map"].float().cpu())
+            scores.append(out["score"].float().cpu())
+    maps, scores = torch.cat(maps), torch.cat(scores)
+    vmin, vmax = float(maps.min()), float(maps.max())
+
+    out = Path(out_dir)
+    names = [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)]  # unique even when stems repeat
+    for path, name, anomaly_map in zip(paths, names, maps):
+        write_bytes(out / f"{name}_overlay.png", overlay_png(load_rgb(path), anomaly_map, vmin, vmax))
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["image", "score", "overlay"])
+    for path, name, score in zip(paths, names, scores.tolist()):
+        writer.writerow([str(path), f"{score:.6g}", f"{name}_overlay.png"])
+    return write_text(out / "scores.csv", rows.getvalue())
+
+
+def overlay_png(image: Image.Image, anomaly_map: torch.Tensor, vmin: float, vmax: float, alpha: float = 0.5) -> bytes:
+    """PNG bytes: the map (S,S) upsampled to the image's size, coloured (jet) and blended over it."""
+    width, height = image.size
+    resized = F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    scaled = ((resized - vmin) / max(vmax - vmin, 1e-12)).clamp(0, 1).numpy()
+    heat = matplotlib.colormaps["jet"](scaled)[..., :3]
+    blended = (1 - alpha) * np.asarray(image, dtype=np.float32) / 255 + alpha * heat
+    buffer = io.BytesIO()
+    Image.fromarray((blended * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+

@@ -1,0 +1,190 @@
+"""HTML report over a folder of runs: executed notebooks converted to self-contained pages.
+
+`build_report(runs_dir, out_dir)` executes notebooks/aggregate.ipynb (tables beside the
+published numbers; CSV / Markdown / LaTeX exports in out_dir/tables/), attention_masks.ipynb
+and ablations.ipynb with papermill (parameters runs_dir, out_dir), converts each to HTML
+without code (images inline as base64, no script from the network), and writes index.html:
+links to the pages and table files, the runs with their weights source (a red banner when a
+backbone was not pretrained), the machines, package versions and the date. Every file is
+written atomically; text from the data is HTML-escaped.
+
+    out_dir/index.html, aggregate.html, attention_masks.html, ablations.html,
+    out_dir/tables/<dataset>_<setting>[_<k>shot].{csv,md,tex}, out_dir/notebooks/*.ipynb (executed)
+"""
+
+import datetime
+import html
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from agpnet.atomic import write_text
+from agpnet.errors import AgpnetError
+from agpnet.sweep import KERNEL, package_notebook
+from agpnet.tables import load_records
+
+PAGES = {
+    "aggregate": "Results tables (ours beside the published numbers)",
+    "attention_masks": "Attention masks and perturbations",
+    "ablations": "Ablations",
+}
+VERSIONED = ("agpnet", "torch", "timm", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib", "seaborn",
+             "papermill", "nbconvert")
+_OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block body_header -%}{{ super() }}
+<p style="margin: 1em 2em"><a href="index.html">&larr; report index</a></p>
+{%- endblock body_header -%}
+"""
+
+
+def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
+    """Build the report; returns the path of index.html."""
+    runs_dir, out_dir = Path(runs_dir).resolve(), Path(out_dir).resolve()
+    records = load_records(runs_dir)
+    if not records:
+        raise AgpnetError(f"{runs_dir}: no complete run found (expected run folders with record.json, status complete)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in PAGES:
+        html_page = render_notebook(package_notebook(f"{name}.ipynb"), out_dir / "notebooks",
+                                    {"runs_dir": str(runs_dir), "out_dir": str(out_dir)})
+        write_text(out_dir / f"{name}.html", html_page)
+    exports = sorted((out_dir / "tables").glob("*.*")) if (out_dir / "tables").is_dir() else []
+    return write_text(out_dir / "index.html", index_html(records, runs_dir, out_dir, exports))
+
+
+def render_notebook(notebook: Path, executed_dir: Path, parameters: dict) -> str:
+    """Execute `notebook` with papermill (kept as executed_dir/<name>) and return it as HTML.
+
+    A failing cell raises AgpnetError naming the notebook, the cell and its error."""
+    import nbformat
+    import papermill
+
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{notebook.stem}.", suffix=".ipynb", dir=executed_dir)
+    os.close(fd)
+    try:
+        papermill.execute_notebook(str(notebook), tmp, parameters=parameters, kernel_name=KERNEL, progress_bar=False,
+                                   log_output=False)
+    except papermill.PapermillExecutionError as err:
+        failed = executed_dir / notebook.name
+        os.replace(tmp, failed)
+        message = " ".join(f"{err.ename}: {err.evalue}".split())
+        raise AgpnetError(f"{notebook.name}: cell {err.exec_count} failed: {message} (executed notebook: {failed})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    os.replace(tmp, executed_dir / notebook.name)
+    return notebook_html(nbformat.read(executed_dir / notebook.name, as_version=4))
+
+
+def notebook_html(nb) -> str:
+    """A notebook as one self-contained HTML page: outputs only, images inline, no network scripts."""
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    nb.metadata.pop("widgets", None)
+    exporter = HTMLExporter(template_name="lab", template_file="agpnet_offline.html.j2",
+                            extra_loaders=[DictLoader({"agpnet_offline.html.j2": _OFFLINE_TEMPLATE})],
+                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
+                            embed_images=True)
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+def index_html(records: list[dict], runs_dir: Path, out_dir: Path, exports: list[Path]) -> str:
+    """The report's front page (every value from the data is escaped)."""
+    e = html.escape
+    not_pretrained = [r for r in records if not (r.get("weights") or {}).get("pretrained", False)]
+    sources = sorted({str((r.get("weights") or {}).get("source", "unknown")) for r in records})
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>agpnet report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>agpnet report</h1>",
+        f"<p>{len(records)} complete run(s) under <code>{e(str(runs_dir))}</code>. "
+        f"Report built {e(_now())}.</p>",
+    ]
+    if not_pretrained:
+        warnings = sorted({str((r.get("weights") or {}).get("warning") or "no warning recorded") for r in not_pretrained})
+        parts.append('<div class="banner" role="alert"><strong>Not pretrained:</strong> '
+                     f"{len(not_pretrained)} of {len(records)} run(s) used a backbone without pretrained weights; "
+                     "their numbers say nothing about AGPNet. Warning recorded by the run(s):<ul>"
+                     + "".join(f"<li><q>{e(w)}</q></li>" for w in warnings) + "</ul></div>")
+    parts.append(f"<p>Weights source(s): {', '.join(f'<code>{e(s)}</code>' for s in sources)}.</p>")
+    parts.append("<h2>Pages</h2><ul>" + "".join(f'<li><a href="{name}.html">{e(title)}</a></li>'
+                                                 for name, title in PAGES.items()) + "</ul>")
+    if exports:
+        parts.append("<h2>Tables (CSV, Markdown, LaTeX)</h2><ul>" + "".join(
+            f'<li><a href="{e(p.relative_to(out_dir).as_posix())}">{e(p.name)}</a></li>' for p in exports) + "</ul>")
+    parts.append("<h2>Runs</h2>" + _runs_table(records, runs_dir))
+    parts.append("<h2>Machines and versions</h2>" + _environment_html(records))
+    parts.append("<p class='note'>Published numbers are labelled \"(published)\" and come from the cited papers "
+                 "and READMEs; their AUPRO / F1 protocols and epoch selection differ from ours (docs/metrics.md).</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _runs_table(records: list[dict], runs_dir: Path) -> str:
+    e = html.escape
+    header = ["run", "dataset", "setting", "categories", "seed", "weights", "device", "I-AUROC", "P-AUROC", "AUPRO"]
+    rows = []
+    for record in records:
+        mean = record["metrics"].get("mean", {})
+        weights = record.get("weights") or {}
+        run = Path(record["run_dir"])
+        name = run.relative_to(runs_dir).as_posix() if run.is_relative_to(runs_dir) else str(run)
+        categories = ", ".join(map(str, record.get("categories") or []))
+        cells = [name, record.get("dataset"), record.get("setting"), categories, record.get("seed"),
+                 f"{weights.get('source', '?')}{'' if weights.get('pretrained') else ' (NOT pretrained)'}",
+                 (record.get("environment") or {}).get("device"),
+                 *(_percent(mean.get(k)) for k in ("image_auroc", "pixel_auroc", "aupro"))]
+        rows.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def _environment_html(records: list[dict]) -> str:
+    e = html.escape
+    seen = {}
+    for record in records:
+        env = record.get("environment") or {}
+        key = (env.get("machine"), env.get("device"), env.get("gpu"), env.get("torch"), env.get("timm"), env.get("agpnet"))
+        seen[key] = seen.get(key, 0) + 1
+    runs = "".join(f"<li>{count} run(s): {e(str(m))}, device {e(str(d))}{', GPU ' + e(str(g)) if g else ''}; "
+                   f"torch {e(str(t))}, timm {e(str(ti))}, agpnet {e(str(a))}</li>"
+                   for (m, d, g, t, ti, a), count in seen.items())
+    versions = ", ".join(f"{e(p)} {e(_version(p))}" for p in VERSIONED)
+    return (f"<p>Runs were made on:</p><ul>{runs}</ul>"
+            f"<p>Report built on {e(platform.system())} {e(platform.machine())}, {os.cpu_count()} CPUs, "
+            f"Python {e(platform.python_version())}; {versions}.</p>")
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * float(value):.1f}"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; text-align: left; }
+th { background: #f4f4f4; }
+.banner { background: #c62828; color: white; padding: 0.8em 1.2em; border-radius: 4px; margin: 1em 0; }
+.note { color: #555; font-size: 0.9em; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""

@@ -1,0 +1,382 @@
+"""Sweeps: a grid of experiments, each run as a papermill notebook into its own folder; resumable.
+
+Sweep file (YAML)::
+
+    notebook: ../notebooks/train_eval.ipynb  # optional; relative to this file (default: the repository's)
+    out: runs/demo                 # optional (`agpnet sweep --out` wins); relative to the current folder
+    description: free text         # optional, ignored
+    base:                          # fields of every cell
+      dataset: folder
+      root: data/synth             # data paths are relative to the current folder
+      epochs: 2
+    grid:                          # field -> list of values: one cell per combination (cartesian product)
+      setting: [multi-class]
+      seed: [0, 1]
+      blocks: [[3, 6, 9, 12], [9, 10, 11, 12]]   # a list-valued field: a list of lists
+    cells:                         # optional: explicit cells, each a mapping of fields
+      - {setting: one-class, category: bottle}
+
+`grid` may also be a list of such mappings; their products are concatenated (an ablation
+sweep varies one factor per entry). A cell's fields are `base`, then its grid combination or
+explicit cell, then the overrides (`--set key=value`, applied to every cell). Cells with the
+same fields run once. Fields are RunConfig field names (docs/contracts.md; dataset, root,
+setting, category, shots, seed, epochs, batch_size, image_size, backbone, weights, device,
+noise, noise_level, attention, ema_decoder, alpha_schedule, blocks, save_maps, ...).
+
+A cell's name is made of the fields its grid combination or explicit cell sets (not `base`),
+in file order: `setting-one-class__category-bottle__seed-0`; characters other than
+letters, digits, ".", "_" and "-" become "-", lists are joined by "-". Names are stable: the
+same sweep file gives the same names. A cell runs the notebook with papermill into
+`<out>/<name>/` (the executed notebook and the run's record.json). Fields that the notebook
+declares in its `parameters` cell are passed directly, the others in its `config` dict
+parameter; `out_dir` is the cell's folder.
+
+Resuming: a cell whose record.json has status "complete" is done and never runs again. A cell
+that fails (an exception in the notebook, or no complete record at the end) gets error.json
+(message and traceback) and the sweep goes on; it runs again only with `retry_failed`. A
+sweep killed at any point (Ctrl-C, SIGKILL) and started again re-runs only the cell that was
+running. Changing `base` or the overrides does not re-run done cells: use a new `out` folder.
+`<out>/sweep.json` lists the cells, their fields and statuses (atomic); `<out>/.sweep.lock`
+keeps two sweeps from running in the same folder at once.
+"""
+
+import datetime
+import itertools
+import json
+import logging
+import os
+import re
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from agpnet.atomic import write_json
+from agpnet.errors import AgpnetError
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+SWEEP_KEYS = ("notebook", "out", "description", "base", "grid", "cells")
+KERNEL = "python3"
+DONE, FAILED, PENDING = "done", "failed", "pending"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cell:
+    name: str
+    params: dict  # every field of the cell (base + own + overrides)
+    own: dict  # the fields its grid combination or explicit cell set (they make the name)
+
+
+@dataclass
+class Sweep:
+    path: Path
+    notebook: Path
+    out: Path
+    cells: list[Cell]
+
+
+def package_notebook(name: str) -> Path:
+    """A notebook of the repository's notebooks/ folder."""
+    path = NOTEBOOKS_DIR / name
+    if not path.is_file():
+        raise AgpnetError(f"{path}: notebook not found (agpnet must be installed from the repository: pip install -e .)")
+    return path
+
+
+def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: dict | None = None) -> Sweep:
+    """Parse and check a sweep file; the cells with their names and fields."""
+    path = Path(sweep_file)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AgpnetError(f"{path}: sweep file not found") from None
+    except yaml.YAMLError as err:
+        raise AgpnetError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(spec, dict):
+        raise AgpnetError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise AgpnetError(f"{path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(SWEEP_KEYS)}")
+    base = spec.get("base") or {}
+    _expect(isinstance(base, dict), path, "`base` must be a mapping of field -> value")
+    overrides = dict(overrides or {})
+    _expect(all(isinstance(k, str) and k for k in overrides), path, "override keys must be field names")
+
+    owns = []
+    grids = spec.get("grid") or []
+    grids = [grids] if isinstance(grids, dict) else grids
+    _expect(isinstance(grids, list), path, "`grid` must be a mapping of field -> list of values, or a list of them")
+    for grid in grids:
+        _expect(isinstance(grid, dict) and grid, path, "each `grid` entry must be a non-empty mapping")
+        for key, values in grid.items():
+            _expect(isinstance(values, list) and values, path,
+                    f"grid field {key!r} must be a non-empty list of values (a list of lists for a list field)")
+        owns += [dict(zip(grid, combination)) for combination in itertools.product(*grid.values())]
+    explicit = spec.get("cells") or []
+    _expect(isinstance(explicit, list) and all(isinstance(c, dict) for c in explicit), path,
+            "`cells` must be a list of mappings of field -> value")
+    owns += [dict(c) for c in explicit]
+    if not owns:
+        owns = [{}]
+
+    cells, seen_params, seen_names = [], set(), {}
+    for own in owns:
+        own = {k: overrides.get(k, v) for k, v in own.items()}
+        params = {**base, **own, **overrides}
+        canonical = json.dumps(params, sort_keys=True, default=str)
+        if canonical in seen_params:
+            continue
+        seen_params.add(canonical)
+        name = cell_name(own)
+        if name in seen_names:
+            name = f"{name}-{_short_hash(canonical)}"
+        seen_names[name] = True
+        cells.append(Cell(name=name, params=params, own=own))
+
+    out = out if out is not None else spec.get("out")
+    _expect(out is not None, path, "no output folder: give `out:` in the file or --out")
+    notebook = spec.get("notebook")
+    notebook = (path.parent / notebook) if notebook else package_notebook("train_eval.ipynb")
+    if not notebook.is_file():
+        raise AgpnetError(f"{path}: notebook {notebook} not found")
+    return Sweep(path=path, notebook=notebook.resolve(), out=Path(out).resolve(), cells=cells)
+
+
+def cell_name(own: dict) -> str:
+    """Filesystem-safe, stable name from a cell's own fields ("base" when it has none)."""
+    parts = [f"{_slug(key)}-{_slug(value)}" for key, value in own.items()]
+    name = "__".join(parts) or "base"
+    if len(name) > 120:
+        name = f"{name[:100]}-{_short_hash(name)}"
+    return name
+
+
+def cell_status(cell_dir: Path) -> str:
+    """"done" (record.json with status complete), "failed" (error.json) or "pending"."""
+    record = cell_dir / "record.json"
+    if record.is_file():
+        try:
+            if json.loads(record.read_text(encoding="utf-8")).get("status") == "complete":
+                return DONE
+        except (ValueError, OSError, AttributeError):
+            pass
+    return FAILED if (cell_dir / "error.json").is_file() else PENDING
+
+
+def run_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: dict | None = None,
+              dry_run: bool = False, retry_failed: bool = False, progress: bool = True) -> dict:
+    """Run every cell of a sweep that is not done (see module docstring).
+
+    Returns {"out", "sweep_json", "cells": [{name, status, dir, params}], "done", "failed",
+    "pending" (counts after this call), "ran": [names run now]}. `dry_run` prints the cells
+    and their statuses and runs nothing."""
+    sweep = load_sweep(sweep_file, out, overrides)
+    if sweep.notebook == (NOTEBOOKS_DIR / "train_eval.ipynb").resolve():
+        _check_fields(sweep)
+    statuses = {cell.name: cell_status(sweep.out / cell.name) for cell in sweep.cells}
+    if dry_run:
+        _print_cells(sweep, statuses)
+        return _summary(sweep, statuses, ran=[])
+
+    from tqdm.auto import tqdm
+
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(sweep.out)
+    declared = _declared_parameters(sweep.notebook)
+    counts = _counts(statuses)
+    log.info("sweep %s: %d cells (%d done, %d failed, %d pending) in %s", sweep.path, len(sweep.cells),
+             counts[DONE], counts[FAILED], counts[PENDING], sweep.out)
+    ran = []
+    bar = tqdm(total=len(sweep.cells), desc=f"sweep {sweep.path.stem}", unit="cell", disable=not progress,
+               position=0)
+    try:
+        _write_sweep_json(sweep, statuses)
+        for cell in sweep.cells:
+            _show_progress(bar, statuses)
+            if statuses[cell.name] == DONE or (statuses[cell.name] == FAILED and not retry_failed):
+                continue
+            ran.append(cell.name)
+            statuses[cell.name] = _run_cell(sweep, cell, declared, progress)
+            _write_sweep_json(sweep, statuses)
+        _show_progress(bar, statuses)
+    finally:
+        bar.close()
+        lock.close()
+    return _summary(sweep, statuses, ran)
+
+
+def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> str:
+    """Execute the notebook for one cell; returns its new status."""
+    import papermill
+
+    cell_dir = sweep.out / cell.name
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    parameters = notebook_parameters(cell.params, declared, str(cell_dir))
+    final = cell_dir / sweep.notebook.name
+    partial = cell_dir / f".partial.{sweep.notebook.name}"
+    try:
+        papermill.execute_notebook(str(sweep.notebook), str(partial), parameters=parameters, kernel_name=KERNEL,
+                                   progress_bar={"desc": cell.name, "leave": False} if progress else False,
+                                   log_output=False)
+    except papermill.PapermillExecutionError as err:
+        _keep_notebook(partial, final)
+        if err.ename == "KeyboardInterrupt":  # interrupted, not failed: the cell stays pending
+            raise KeyboardInterrupt from None
+        _write_error(cell_dir, cell, final, f"{err.ename}: {err.evalue}", err.traceback,
+                     {"cell_index": err.cell_index, "exec_count": err.exec_count})
+        return FAILED
+    except Exception as err:  # the kernel died, did not start, ...: record it, go on with the next cell
+        _keep_notebook(partial, final)
+        _write_error(cell_dir, cell, final, f"{type(err).__name__}: {err}", traceback.format_exc().splitlines(), {})
+        return FAILED
+    _keep_notebook(partial, final)
+    if cell_status(cell_dir) != DONE:
+        _write_error(cell_dir, cell, final, f"the notebook finished without writing a complete {cell_dir}/record.json",
+                     [], {})
+        return FAILED
+    (cell_dir / "error.json").unlink(missing_ok=True)
+    return DONE
+
+
+def notebook_parameters(params: dict, declared: set[str], out_dir: str) -> dict:
+    """Papermill parameters: declared fields directly, the others in `config`."""
+    if "out_dir" not in declared:
+        raise AgpnetError("sweep notebook: its `parameters` cell must declare out_dir")
+    direct = {"out_dir": out_dir}
+    extra = {}
+    for key, value in params.items():
+        if key in declared and key != "config":
+            direct[key] = value
+        else:
+            extra[key] = value
+    if extra:
+        if "config" not in declared:
+            raise AgpnetError(f"sweep notebook: fields {', '.join(sorted(extra))} are not notebook parameters "
+                              "and its `parameters` cell has no `config` dict")
+        direct["config"] = extra
+    return direct
+
+
+def _declared_parameters(notebook: Path) -> set[str]:
+    import papermill
+
+    try:
+        return set(papermill.inspect_notebook(str(notebook)))
+    except Exception as err:
+        raise AgpnetError(f"{notebook}: cannot read its parameters ({err})") from None
+
+
+def _check_fields(sweep: Sweep) -> None:
+    """With the train_eval notebook, every cell must be a valid RunConfig (typos fail before any run)."""
+    try:
+        from agpnet.config import RunConfig
+    except ImportError:
+        return
+    for cell in sweep.cells:
+        try:
+            RunConfig.from_flat(cell.params)
+        except AgpnetError as err:
+            raise AgpnetError(f"{sweep.path}: cell {cell.name}: {err}") from None
+
+
+def _write_error(cell_dir: Path, cell: Cell, notebook: Path, message: str, trace: list[str], where: dict) -> None:
+    log.warning("sweep cell %s failed: %s (details: %s)", cell.name, " ".join(_ANSI.sub("", message).split()),
+                cell_dir / "error.json")
+    write_json(cell_dir / "error.json", {
+        "cell": cell.name,
+        "message": " ".join(_ANSI.sub("", message).split()),
+        "traceback": [_ANSI.sub("", line) for line in trace],
+        "notebook": str(notebook),
+        "params": cell.params,
+        "time": _now(),
+        **where,
+    })
+
+
+def _keep_notebook(partial: Path, final: Path) -> None:
+    if partial.is_file():
+        os.replace(partial, final)
+
+
+def _write_sweep_json(sweep: Sweep, statuses: dict) -> None:
+    write_json(sweep.out / "sweep.json", {
+        "sweep_file": str(sweep.path.resolve()),
+        "notebook": str(sweep.notebook),
+        "out": str(sweep.out),
+        "updated": _now(),
+        "counts": _counts(statuses),
+        "cells": [{"name": c.name, "status": statuses[c.name], "params": c.params} for c in sweep.cells],
+    })
+
+
+def _summary(sweep: Sweep, statuses: dict, ran: list[str]) -> dict:
+    return {
+        "out": str(sweep.out),
+        "sweep_json": str(sweep.out / "sweep.json"),
+        "cells": [{"name": c.name, "status": statuses[c.name], "dir": str(sweep.out / c.name), "params": c.params}
+                  for c in sweep.cells],
+        **_counts(statuses),
+        "ran": ran,
+    }
+
+
+def _counts(statuses: dict) -> dict:
+    values = list(statuses.values())
+    return {status: values.count(status) for status in (DONE, FAILED, PENDING)}
+
+
+def _print_cells(sweep: Sweep, statuses: dict) -> None:
+    width = max(len(c.name) for c in sweep.cells)
+    print(f"sweep {sweep.path}: {len(sweep.cells)} cells -> {sweep.out}  (notebook {sweep.notebook})")
+    for cell in sweep.cells:
+        print(f"  {statuses[cell.name]:<8} {cell.name:<{width}}")
+    counts = _counts(statuses)
+    print(f"{counts[DONE]} done, {counts[FAILED]} failed, {counts[PENDING]} pending")
+
+
+def _show_progress(bar, statuses: dict) -> None:
+    counts = _counts(statuses)
+    bar.n = counts[DONE] + counts[FAILED]
+    bar.set_postfix(done=counts[DONE], failed=counts[FAILED], left=counts[PENDING], refresh=True)
+
+
+def _lock(out: Path):
+    """An exclusive lock on <out>/.sweep.lock, released when the process ends (even by SIGKILL)."""
+    handle = open(out / ".sweep.lock", "a")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise AgpnetError(f"{out}: another sweep is running in this folder (lock {out / '.sweep.lock'})") from None
+    return handle
+
+
+def _slug(value) -> str:
+    if isinstance(value, list | tuple):
+        value = "-".join(_slug(v) for v in value)
+    elif isinstance(value, bool) or value is None:
+        value = str(value).lower()
+    return re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9._-]", "-", str(value))).strip("-") or "x"
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _expect(ok: bool, path: Path, message: str) -> None:
+    if not ok:
+        raise AgpnetError(f"{path}: {message}")
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+

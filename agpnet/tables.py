@@ -1,0 +1,350 @@
+"""Result tables in the paper's format, collected from run folders.
+
+`load_records(runs_dir)` finds every `record.json` below a folder (status "complete");
+`paper_tables(records)` turns them into one table per (dataset, setting[, shots]): a row per
+category plus "mean", the columns I-AUROC / I-AP / I-F1max / P-AUROC / P-AP / P-F1max / AUPRO /
+mAD in percent with one decimal. Runs that differ only by seed (or by category, for one-class)
+are one method; several seeds give "mean ± std" (sample std over seeds). Configurations that
+differ in other fields (e.g. ablation switches) are separate methods named by those fields.
+Published numbers follow, labelled "(published)". `export_tables` writes CSV, Markdown and
+LaTeX (booktabs).
+"""
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agpnet.atomic import write_text
+from agpnet.errors import AgpnetError
+from agpnet.published import published_rows
+
+# Record metric key -> column name, in table order.
+COLUMNS = {
+    "image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1max": "I-F1max",
+    "pixel_auroc": "P-AUROC", "pixel_ap": "P-AP", "pixel_f1max": "P-F1max",
+    "aupro": "AUPRO", "mad": "mAD",
+}
+# Fields that do not make two runs a different method (the run's identity, not its recipe).
+NOT_METHOD_FIELDS = ("seed", "init_seed", "category", "root", "out_dir", "device", "save_maps", "maps_size",
+                     "eval_batch_size")
+SEED_FIELDS = ("seed", "init_seed")
+# The ablation factors of docs/method.md (config field names).
+ABLATION_FACTORS = ("noise", "noise_level", "backbone", "blocks", "ema_decoder", "alpha_schedule", "attention")
+OURS = "AGPNet (ours)"
+MISSING = "–"  # no published number
+UNDEFINED = "NaN"  # our metric is undefined (e.g. no defective test image; see metrics.md)
+
+
+@dataclass
+class Table:
+    """One paper table. `frame`: strings, columns method, category, 8 metric columns, source.
+    `mean` / `std`: the numbers behind it (percent; index (method, category); std NaN for 1 seed)."""
+
+    key: str  # file-name stem, e.g. "mvtec_multi-class" or "mvtec_few-shot_2shot"
+    title: str
+    dataset: str
+    setting: str
+    shots: int | None
+    frame: pd.DataFrame
+    mean: pd.DataFrame
+    std: pd.DataFrame
+
+    def to_html(self) -> str:
+        """Title and table as HTML, every value escaped (for notebooks and reports)."""
+        return heading(self.title) + self.frame.to_html(index=False, escape=True, border=0, classes="agpnet-table")
+
+
+def heading(text: str) -> str:
+    """An escaped HTML heading for a table or plot."""
+    return f"<h3>{html.escape(text)}</h3>"
+
+
+def load_records(runs_dir: str | Path) -> list[dict]:
+    """Every complete run record below `runs_dir` (recursive), sorted by path.
+
+    Each record gets `run_dir` (its folder). Records whose status is not "complete" are skipped."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise AgpnetError(f"{runs_dir}: no such folder of runs (expected run folders with record.json)")
+    records = []
+    for path in sorted(runs_dir.rglob("record.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise AgpnetError(f"{path}: not a valid run record ({err})") from None
+        if not isinstance(record, dict) or record.get("status") != "complete":
+            continue
+        if not isinstance(record.get("metrics"), dict) or "config" not in record:
+            raise AgpnetError(f"{path}: run record without `metrics` and `config` (see docs/contracts.md)")
+        record["run_dir"] = str(path.parent)
+        records.append(record)
+    return records
+
+
+def run_fields(record: dict) -> dict:
+    """The run's flat config (every field by its own name, as RunConfig.from_flat takes them),
+    with dataset, setting and seed from the record. Lists become tuples (hashable)."""
+    flat = {}
+    for name, value in record["config"].items():
+        if isinstance(value, dict) and name in ("data", "model", "train", "eval"):
+            flat.update(value)
+        else:
+            flat[name] = value
+    for name in ("dataset", "setting", "seed"):
+        if name in record:
+            flat[name] = record[name]
+    return {k: _hashable(v) for k, v in flat.items()}
+
+
+def metrics_frame(records: list[dict]) -> pd.DataFrame:
+    """Long table: one row per (run, category) including category "mean", with the run's flat
+    config fields as columns (lists as "3,6,9,12") and the metrics as fractions (NaN where null)."""
+    rows = []
+    for record in records:
+        fields = {k: _display(v) for k, v in run_fields(record).items()}
+        fields.pop("category", None)
+        weights = record.get("weights") or {}
+        for category, values in record["metrics"].items():
+            rows.append({**fields, "run_dir": record["run_dir"], "category": category,
+                         "pretrained": weights.get("pretrained"),
+                         **{k: _number(values.get(k)) for k in COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+def paper_tables(records: list[dict], published: bool = True) -> list[Table]:
+    """One Table per (dataset, setting, shots), in a stable order (see module docstring)."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        fields = run_fields(record)
+        shots = fields.get("shots") if fields.get("setting") == "few-shot" else None
+        groups.setdefault((str(fields.get("dataset")), str(fields.get("setting")), shots), []).append(record)
+    tables = [_table(dataset, setting, shots, group, published)
+              for (dataset, setting, shots), group in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))]
+    return tables
+
+
+def export_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
+    """Write `<key>.csv`, `<key>.md` and `<key>.tex` (booktabs) per table, atomically; returns the paths."""
+    out_dir = Path(out_dir)
+    written = []
+    for table in tables:
+        written.append(write_text(out_dir / f"{table.key}.csv", table.frame.to_csv(index=False)))
+        written.append(write_text(out_dir / f"{table.key}.md", to_markdown(table)))
+        written.append(write_text(out_dir / f"{table.key}.tex", to_latex(table)))
+    return written
+
+
+def to_markdown(table: Table) -> str:
+    frame = table.frame
+    lines = [f"**{_md_escape(table.title)}**", "", "| " + " | ".join(frame.columns) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS) + ["---"]) + "|"]
+    lines += ["| " + " | ".join(_md_escape(str(v)) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: Table) -> str:
+    frame = table.frame
+    lines = [f"% {table.title}", r"\begin{tabular}{ll" + "r" * len(COLUMNS) + "l}", r"\toprule",
+             " & ".join(_tex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
+    previous = None
+    for row in frame.itertuples(index=False):
+        block = "published" if row.method.endswith("(published)") else row.method
+        if previous is not None and block != previous:
+            lines.append(r"\midrule")
+        previous = block
+        lines.append(" & ".join(_tex_escape(str(v)) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_frame(frame: pd.DataFrame, factor: str, factors: tuple[str, ...] = ABLATION_FACTORS) -> pd.DataFrame:
+    """The "mean" rows of the runs that vary `factor` with every other factor at its baseline.
+
+    `frame` is a `metrics_frame`. The baseline of a factor is its most frequent value over the
+    distinct configurations (an ablation sweep varies one factor at a time around the default).
+    Returns columns factor, seed, run_dir, metric (column name), value (percent), one row per
+    run and metric; empty when the factor takes fewer than two values."""
+    means = frame[frame["category"] == "mean"]
+    if factor not in means or means[factor].nunique() < 2:
+        return pd.DataFrame(columns=[factor, "seed", "run_dir", "metric", "value"])
+    others = [f for f in factors if f != factor and f in means]
+    configs = means.drop_duplicates(subset=[factor, *others])
+    keep = np.ones(len(means), dtype=bool)
+    for other in others:
+        keep &= (means[other] == configs[other].mode(dropna=False).iloc[0]).to_numpy()
+    subset = means[keep]
+    long = subset.melt(id_vars=[factor, "seed", "run_dir"], value_vars=list(COLUMNS), var_name="metric",
+                       value_name="value")
+    long["metric"] = long["metric"].map(COLUMNS)
+    long["value"] = 100 * long["value"]
+    return long
+
+
+def ablation_studies(frame: pd.DataFrame, factors: tuple[str, ...] = ABLATION_FACTORS) -> list[tuple[str, str, pd.DataFrame]]:
+    """(title, factor, ablation_frame) for every (dataset, setting, shots) and every factor that
+    takes two or more values there; empty when the runs hold no ablation."""
+    studies = []
+    keys = [k for k in ("dataset", "setting", "shots") if k in frame]
+    for group, part in frame.groupby(keys, dropna=False, sort=True):
+        name = " ".join(str(v) for v in group if v is not None and v == v)
+        for factor in factors:
+            long = ablation_frame(part, factor, factors)
+            if len(long):
+                studies.append((f"{name}: {factor}", factor, long))
+    return studies
+
+
+def ablation_summary(long: pd.DataFrame, factor: str) -> pd.DataFrame:
+    """Rows = values of the factor, columns = metrics, cells "mean ± std" over seeds (percent)."""
+    stats = long.groupby([factor, "metric"], sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
+    stats["text"] = [format_value(m, s if n > 1 else None) for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
+    table = stats.pivot(index=factor, columns="metric", values="text")
+    table = table[[c for c in COLUMNS.values() if c in table.columns]]
+    seeds = long.groupby(factor)["run_dir"].nunique().rename("runs")
+    return table.join(seeds).reset_index()
+
+
+def format_value(mean: float, std: float | None = None) -> str:
+    """Percent with one decimal, "m ± s" when a std is given (NaN -> "NaN")."""
+    if mean is None or math.isnan(mean):
+        return UNDEFINED
+    if std is None or math.isnan(std):
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def _table(dataset: str, setting: str, shots, records: list[dict], published: bool) -> Table:
+    methods = _methods(records)
+    rows, means, stds = [], {}, {}
+    for label, runs in methods.items():
+        repeats = _repeats(runs)
+        categories = _category_order(runs)
+        for category in [*categories, "mean"]:
+            per_repeat = [_repeat_values(rep, category) for rep in repeats]
+            per_repeat = [v for v in per_repeat if v is not None]
+            if not per_repeat:
+                continue
+            values = 100 * np.array(per_repeat, dtype=float)  # (repeats, 8)
+            mean = values.mean(axis=0)
+            std = values.std(axis=0, ddof=1) if len(values) > 1 else np.full(len(COLUMNS), np.nan)
+            means[(label, category)], stds[(label, category)] = mean, std
+            rows.append({"method": label, "category": category,
+                         **{c: format_value(m, s) for c, m, s in zip(COLUMNS.values(), mean, std)},
+                         "source": f"{len(runs)} run{'s' if len(runs) > 1 else ''}"})
+    if published:
+        for row in published_rows(dataset, setting, shots):
+            label = f"{row['method']} (published)"
+            values = [row["metrics"][k] for k in COLUMNS]
+            means[(label, "mean")] = np.array([np.nan if v is None else v for v in values], dtype=float)
+            stds[(label, "mean")] = np.full(len(COLUMNS), np.nan)
+            rows.append({"method": label, "category": "mean",
+                         **{c: MISSING if v is None else f"{v:.1f}" for c, v in zip(COLUMNS.values(), values)},
+                         "source": row["source"]})
+    key = f"{dataset}_{setting}" + (f"_{shots}shot" if shots is not None else "")
+    title = f"{dataset} {setting}" + (f" {shots}-shot" if shots is not None else "")
+    columns = ["method", "category", *COLUMNS.values(), "source"]
+    index = pd.MultiIndex.from_tuples(list(means), names=["method", "category"])
+    return Table(key=key, title=title, dataset=dataset, setting=setting, shots=shots,
+                 frame=pd.DataFrame(rows, columns=columns),
+                 mean=pd.DataFrame(list(means.values()), index=index, columns=list(COLUMNS.values())),
+                 std=pd.DataFrame(list(stds.values()), index=index, columns=list(COLUMNS.values())))
+
+
+def _methods(records: list[dict]) -> dict[str, list[dict]]:
+    """Group runs by their recipe (config without NOT_METHOD_FIELDS); label by the differing fields."""
+    signatures = {}
+    for record in records:
+        fields = run_fields(record)
+        signature = tuple(sorted((k, v) for k, v in fields.items() if k not in NOT_METHOD_FIELDS))
+        signatures.setdefault(signature, []).append(record)
+    if len(signatures) == 1:
+        (runs,) = signatures.values()
+        return {_ours_label({}, runs): runs}
+    dicts = [dict(s) for s in signatures]
+    varying = sorted({k for d in dicts for k in d if len({repr(x.get(k)) for x in dicts}) > 1})
+    return {_ours_label({k: dict(s).get(k) for k in varying}, runs): runs for s, runs in signatures.items()}
+
+
+def _ours_label(varying: dict, runs: list[dict]) -> str:
+    n_seeds = len(_repeats(runs))
+    parts = [f"{k}={_display(v)}" for k, v in varying.items()]
+    if n_seeds > 1:
+        parts.append(f"{n_seeds} seeds")
+    return OURS if not parts else f"{OURS[:-1]}; {', '.join(parts)})"
+
+
+def _repeats(runs: list[dict]) -> list[list[dict]]:
+    """Runs grouped by seed (one-class: one run per category and seed)."""
+    by_seed: dict[tuple, list[dict]] = {}
+    for record in runs:
+        fields = run_fields(record)
+        by_seed.setdefault(tuple(repr(fields.get(k)) for k in SEED_FIELDS), []).append(record)
+    return [by_seed[k] for k in sorted(by_seed)]
+
+
+def _repeat_values(runs: list[dict], category: str) -> list[float] | None:
+    """One seed's 8 metrics (fractions) for a category, or for "mean": the record's own mean when
+    one run holds every category, else the mean over the categories of its runs."""
+    if category == "mean":
+        if len(runs) == 1 and "mean" in runs[0]["metrics"]:
+            return _metric_list(runs[0]["metrics"]["mean"])
+        per_category = [_repeat_values(runs, c) for c in _category_order(runs)]
+        per_category = [v for v in per_category if v is not None]
+        return list(np.mean(np.array(per_category, dtype=float), axis=0)) if per_category else None
+    found = [_metric_list(r["metrics"][category]) for r in runs if category in r["metrics"]]
+    return list(np.mean(np.array(found, dtype=float), axis=0)) if found else None
+
+
+def _category_order(runs: list[dict]) -> list[str]:
+    seen = []
+    for record in sorted(runs, key=lambda r: str(run_fields(r).get("category"))):
+        for category in record.get("categories") or [c for c in record["metrics"] if c != "mean"]:
+            if category not in seen and category in record["metrics"]:
+                seen.append(category)
+    return seen
+
+
+def _metric_list(values: dict) -> list[float]:
+    return [_number(values.get(k)) for k in COLUMNS]
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _hashable(value):
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _display(value) -> str | int | float | bool | None:
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _sort_key(group: tuple) -> tuple:
+    dataset, setting, shots = group
+    order = {"multi-class": 0, "one-class": 1, "few-shot": 2}
+    return dataset, order.get(setting, 3), setting, shots if shots is not None else -1
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+        ">": r"\textgreater{}", "±": r"$\pm$", "–": "--"}
+
+
+def _tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)

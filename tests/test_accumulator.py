@@ -1,0 +1,155 @@
+"""agpnet.metrics.MetricAccumulator: batches in, per-category metrics equal to direct calls."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agpnet.errors import AgpnetError
+from agpnet.metrics import METRIC_KEYS, MetricAccumulator, MetricWarning, image_metrics, mad, pixel_metrics
+
+
+def make_dataset(seed: int = 0, n: int = 14, size: int = 16):
+    """Two interleaved categories; maps float32 with values that float16 rounds."""
+    rng = np.random.default_rng(seed)
+    categories = np.array(["bottle", "cable"])[rng.integers(0, 2, n)]
+    categories[:4] = ["bottle", "cable", "bottle", "cable"]
+    labels = np.zeros(n, dtype=np.int64)
+    labels[:4] = [0, 0, 1, 1]
+    labels[4:] = rng.integers(0, 2, n - 4)
+    masks = np.zeros((n, size, size), dtype=bool)
+    for i in np.flatnonzero(labels):
+        masks[i] |= rng.random((size, size)) < 0.15
+        masks[i, 2:5, 3:7] = True
+    maps = (rng.random((n, size, size)) + 0.5 * masks).astype(np.float32)
+    scores = maps.reshape(n, -1).max(axis=1).astype(np.float64) + rng.normal(0, 0.3, n)
+    return categories, scores, labels, maps, masks
+
+
+def add_in_batches(accumulator, data, batch: int, backend=np.asarray):
+    categories, scores, labels, maps, masks = data
+    for start in range(0, len(scores), batch):
+        rows = slice(start, start + batch)
+        accumulator.add(
+            list(categories[rows]),
+            backend(scores[rows]),
+            backend(labels[rows]),
+            backend(maps[rows]),
+            backend(masks[rows]),
+        )
+
+
+def assert_same(ours: dict, expected: dict) -> None:
+    """Equal up to float64 summation order (numpy and torch cumulate in different orders)."""
+    assert list(ours) == list(expected)
+    for key, value in expected.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+
+
+def direct(data, category: str, map_dtype=np.float16) -> dict:
+    categories, scores, labels, maps, masks = data
+    rows = categories == category
+    stored = maps[rows].astype(map_dtype).astype(np.float32)  # what the accumulator keeps
+    metrics = {**image_metrics(scores[rows], labels[rows]), **pixel_metrics(stored, masks[rows])}
+    return {**metrics, "mad": mad(metrics)}
+
+
+@pytest.mark.parametrize("backend", [np.asarray, torch.from_numpy])
+def test_matches_direct_calls_per_category(backend):
+    data = make_dataset()
+    accumulator = MetricAccumulator()
+    add_in_batches(accumulator, data, batch=4, backend=backend)
+    results = accumulator.compute()
+    assert list(results) == ["bottle", "cable", "mean"]
+    for category in ("bottle", "cable"):
+        assert_same(results[category], direct(data, category))  # over the float16-rounded maps
+    for key in (*METRIC_KEYS, "mad"):
+        expected = (results["bottle"][key] + results["cable"][key]) / 2
+        assert results["mean"][key] == pytest.approx(expected, abs=1e-12)
+    assert results["mean"]["mad"] == pytest.approx(mad(results["mean"]), abs=1e-12)
+
+
+def test_float16_storage_differs_from_float32_and_float32_option_keeps_it():
+    data = make_dataset(1)
+    half, full = MetricAccumulator(), MetricAccumulator(map_dtype=torch.float32)
+    add_in_batches(half, data, batch=5)
+    add_in_batches(full, data, batch=5)
+    kept = full.compute()["cable"]
+    assert_same(kept, direct(data, "cable", map_dtype=np.float32))
+    assert half.compute()["cable"]["pixel_auroc"] != kept["pixel_auroc"]
+
+
+def test_batch_size_does_not_matter_and_mixed_backends():
+    data = make_dataset(2)
+    one_by_one, mixed = MetricAccumulator(), MetricAccumulator()
+    add_in_batches(one_by_one, data, batch=1)
+    categories, scores, labels, maps, masks = data
+    mixed.add(list(categories[:7]), scores[:7], labels[:7], maps[:7], masks[:7])
+    mixed.add(
+        list(categories[7:]), *(torch.from_numpy(x) for x in (scores[7:], labels[7:], maps[7:], masks[7:]))
+    )
+    whole = one_by_one.compute()
+    for category, metrics in mixed.compute().items():
+        assert_same(metrics, whole[category])
+    assert_same(whole["bottle"], direct(data, "bottle"))
+
+
+def test_category_without_defects_is_nan_and_left_out_of_the_mean():
+    data = make_dataset(3)
+    categories, scores, labels, maps, masks = data
+    accumulator = MetricAccumulator()
+    add_in_batches(accumulator, data, batch=6)
+    good = np.zeros(2, dtype=np.int64)
+    accumulator.add("carpet", scores[:2], good, maps[:2], np.zeros_like(masks[:2]))
+    with pytest.warns(MetricWarning) as caught:
+        results = accumulator.compute()
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "'carpet'" in messages and "no defective images" in messages
+    assert "mean image_auroc leaves out categories where it is NaN: carpet" in messages
+    assert all(math.isnan(v) for v in results["carpet"].values())
+    expected = (results["bottle"]["aupro"] + results["cable"]["aupro"]) / 2
+    assert results["mean"]["aupro"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_per_image_keeps_the_order_of_addition():
+    data = make_dataset(4)
+    categories, scores, labels, _, _ = data
+    accumulator = MetricAccumulator()
+    add_in_batches(accumulator, data, batch=3, backend=torch.from_numpy)
+    table = accumulator.per_image()
+    assert list(table["categories"]) == list(categories)
+    np.testing.assert_array_equal(table["scores"], scores)
+    np.testing.assert_array_equal(table["labels"], labels)
+
+
+def test_bad_input_raises():
+    accumulator = MetricAccumulator()
+    with pytest.raises(AgpnetError, match="no batches"):
+        accumulator.compute()
+    with pytest.raises(AgpnetError, match="batch sizes differ"):
+        accumulator.add(["a", "a"], [0.1], [0], np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
+    with pytest.raises(AgpnetError, match="shape"):
+        accumulator.add(["a"], [0.1], [0], np.zeros((1, 4, 4)), np.zeros((1, 4, 5), bool))
+    accumulator.add(["a"], [0.1], [0], np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
+    with pytest.raises(AgpnetError, match="'a' has maps of size"):
+        accumulator.add(["b", "a"], [0.1, 0.2], [0, 1], np.zeros((2, 8, 8)), np.zeros((2, 8, 8), bool))
+    assert list(accumulator.per_image()["categories"]) == ["a"]  # the bad batch left no trace
+    with pytest.warns(MetricWarning):  # "a" has neither defective images nor regions
+        assert list(accumulator.compute()) == ["a", "mean"]
+    with pytest.raises(AgpnetError, match="reserved"):
+        accumulator.add("mean", [0.1], [0], np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
+    with pytest.raises(AgpnetError, match="map_dtype"):
+        MetricAccumulator(map_dtype=torch.int8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_match_cpu():
+    data = make_dataset(5)
+    on_cpu, on_cuda = MetricAccumulator(), MetricAccumulator()
+    add_in_batches(on_cpu, data, batch=4)
+    add_in_batches(on_cuda, data, batch=4, backend=lambda x: torch.from_numpy(x).cuda())
+    cpu, cuda = on_cpu.compute(), on_cuda.compute()
+    for category in cpu:
+        for key, value in cpu[category].items():
+            assert cuda[category][key] == pytest.approx(value, abs=1e-9), (category, key)

@@ -1,0 +1,197 @@
+"""End-to-end behaviour of the `agpnet` command: run, eval, predict, synth, and bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from agpnet.cli import main
+from agpnet.config import RunConfig
+from agpnet.metrics import METRIC_KEYS
+
+
+def _flags(fields: dict) -> list[str]:
+    out = []
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        elif isinstance(value, list):
+            value = ",".join(map(str, value))
+        out += ["--" + key.replace("_", "-"), str(value)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synth_root):
+    """One tiny multi-class run through the CLI, shared by the tests below."""
+    from conftest import TINY_MODEL
+
+    out = tmp_path_factory.mktemp("run")
+    args = [
+        "run",
+        "--dataset",
+        "mvtec",
+        "--root",
+        str(synth_root),
+        "--setting",
+        "multi-class",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--weights",
+        "random",
+        "--device",
+        "cpu",
+        "--save-maps",
+        "true",
+        "--quiet",
+        "--out",
+        str(out),
+        *_flags(TINY_MODEL),
+    ]
+    assert main(args) == 0
+    return out
+
+
+def test_run_writes_a_complete_record(trained_run):
+    record = json.loads((trained_run / "record.json").read_text())
+    assert record["status"] == "complete"
+    assert record["weights"]["pretrained"] is False and record["weights"]["warning"]
+    assert len(record["loss_per_epoch"]) == 2
+    cats = record["categories"]
+    assert len(cats) >= 3 and set(record["metrics"]) == {*cats, "mean"}
+    for values in record["metrics"].values():
+        assert set(values) == {*METRIC_KEYS, "mad"}
+        assert all(0.0 <= values[k] <= 1.0 for k in METRIC_KEYS)
+    mean_auroc = sum(record["metrics"][c]["image_auroc"] for c in cats) / len(cats)
+    assert record["metrics"]["mean"]["image_auroc"] == pytest.approx(mean_auroc)
+    assert record["eval"]["resolution"].startswith("input resolution 64x64")
+    # the record's config rebuilds the same run configuration
+    assert RunConfig.from_dict(record["config"]).to_dict() == record["config"]
+    assert (trained_run / "checkpoint.pt").is_file()
+    assert not list(trained_run.glob("*.tmp")), "no temporary files left behind"
+
+
+def test_maps_file_matches_the_test_set(trained_run):
+    import numpy as np
+
+    record = json.loads((trained_run / "record.json").read_text())
+    with np.load(trained_run / "maps.npz") as maps:
+        n = record["n_test"]
+        assert maps["anomaly_maps"].shape[0] == n and maps["masks"].shape == maps["anomaly_maps"].shape
+        assert maps["a_final"].shape[0] == n
+        assert set(maps["categories"]) == set(record["categories"])
+        assert (maps["labels"] == 1).sum() > 0 and maps["masks"][maps["labels"] == 0].sum() == 0
+
+
+def test_eval_reproduces_the_run_metrics(trained_run, synth_root, tmp_path):
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained_run / "checkpoint.pt"),
+                "--dataset",
+                "mvtec",
+                "--root",
+                str(synth_root),
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    original = json.loads((trained_run / "record.json").read_text())["metrics"]
+    again = json.loads((out / "record.json").read_text())["metrics"]
+    for category, values in original.items():
+        for key, value in values.items():
+            assert again[category][key] == pytest.approx(value, abs=1e-6), (category, key)
+
+
+def test_predict_writes_overlays_and_scores(trained_run, synth_root, tmp_path):
+    category = sorted(p for p in Path(synth_root).iterdir() if p.is_dir())[0]
+    folder = category / "test"
+    out = tmp_path / "pred"
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained_run / "checkpoint.pt"),
+                str(folder),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    images = sorted(folder.rglob("*.png"))
+    assert len(rows) == len(images)
+    first = rows[0]
+    overlay = Image.open(out / first["overlay"])
+    assert overlay.size == Image.open(first["image"]).size
+    assert float(first["score"]) >= 0
+
+
+def test_config_file_and_flags(tmp_path, synth_root, tiny_model_fields):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "mvtec",
+                "root": str(synth_root),
+                "epochs": 5,
+                "weights": "random",
+                "setting": "one-class",
+                "category": "nonexistent",
+                **tiny_model_fields,
+            }
+        )
+    )
+    # the flag overrides the file; the unknown category is then reported as bad input
+    code = main(["run", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--root", "/nonexistent/root", "--weights", "random"], "/nonexistent/root"),
+        (["run", "--noise", "loud"], "noise"),
+        (["run", "--epochs", "many"], "epochs"),
+        (["run", "--no-such-field", "1"], "unrecognized"),
+        (["run", "--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
+        (["predict", "--checkpoint", "x.pt", "/nonexistent/img.png", "--out", "o"], None),
+        (["sweep", "s.yaml", "--set", "epochs"], "KEY=VALUE"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "agpnet", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith(("agpnet: error:", "agpnet run: error:", "usage:")) or "error" in lines[-1]
+    if expected:
+        assert expected in proc.stderr
+
+
+def test_synth_command_writes_the_layout(tmp_path):
+    assert (
+        main(["synth", "--out", str(tmp_path / "s"), "--image-size", "32", "--n-train", "2", "--n-test", "2"])
+        == 0
+    )
+    assert list((tmp_path / "s").glob("*/train/good/*.png"))

@@ -1,0 +1,133 @@
+"""AnomalyDataset: shapes, dtypes, normalisation, colour conversion, masks, cache."""
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import write_image, write_mask
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from agpnet.data import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, Sample, denormalize, load_rgb
+from agpnet.errors import AgpnetError
+
+
+def _solid(path, colour, size=(40, 24), mode="RGB"):
+    width, height = size
+    pixels = np.empty((height, width, len(colour)), np.uint8)
+    pixels[:] = colour
+    Image.fromarray(pixels if mode != "L" else pixels[..., 0]).save(path)
+    return path
+
+
+def _expected(colour_rgb):
+    return [(c / 255 - m) / s for c, m, s in zip(colour_rgb, IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def test_item_shapes_dtypes_and_normalisation(tmp_path):
+    image = _solid(tmp_path / "a.png", (200, 100, 30))
+    item = AnomalyDataset([Sample(image, "bottle", 0, "good", None)], image_size=16)[0]
+    assert set(item) == {"image", "mask", "label", "category", "defect", "path", "index"}
+    assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (16, 16) and item["mask"].dtype == torch.bool and not item["mask"].any()
+    assert (item["label"], item["category"], item["defect"], item["path"], item["index"]) == (
+        0,
+        "bottle",
+        "good",
+        str(image),
+        0,
+    )
+    channel_means = item["image"].mean(dim=(1, 2))
+    assert torch.allclose(channel_means, torch.tensor(_expected((200, 100, 30))), atol=1e-5)
+
+
+def test_custom_mean_std(tmp_path):
+    image = _solid(tmp_path / "a.png", (255, 0, 51))
+    item = AnomalyDataset(
+        [Sample(image, "c", 0, "good", None)], image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3
+    )[0]
+    assert torch.allclose(item["image"][:, 0, 0], torch.tensor([1.0, -1.0, -0.6]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mode, colour, rgb",
+    [("L", (90,), (90, 90, 90)), ("RGBA", (10, 20, 30, 128), (10, 20, 30))],
+)
+def test_grayscale_and_rgba_become_rgb(tmp_path, mode, colour, rgb):
+    image = _solid(tmp_path / "a.png", colour, mode=mode)
+    item = AnomalyDataset([Sample(image, "c", 0, "good", None)], image_size=8)[0]
+    assert torch.allclose(item["image"][:, 3, 3], torch.tensor(_expected(rgb)), atol=1e-5)
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bit(tmp_path):
+    pixels = np.full((8, 8), 32896, np.uint16)  # 128 * 257
+    pixels[:, 4:] = 65535
+    Image.fromarray(pixels).save(tmp_path / "deep.png")
+    rgb = np.asarray(load_rgb(tmp_path / "deep.png"))
+    assert rgb.shape == (8, 8, 3) and rgb[0, 0].tolist() == [128] * 3 and rgb[0, 7].tolist() == [255] * 3
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".bmp", ".tif", ".tiff"])
+def test_other_formats(tmp_path, suffix):
+    image = write_image(tmp_path / f"a{suffix}", size=(20, 30), mode="L")
+    item = AnomalyDataset([Sample(image, "c", 0, "good", None)], image_size=12)[0]
+    assert item["image"].shape == (3, 12, 12)
+    rgb = denormalize(item["image"])
+    assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+
+
+def test_mask_is_resized_with_nearest_and_binarised(tmp_path):
+    image = write_image(tmp_path / "a.png", size=(32, 32))
+    mask_pixels = np.zeros((32, 32), np.uint8)
+    mask_pixels[8:16, 16:32] = 1  # any value > 0 is defect
+    mask_pixels[24:32, 0:8] = 200
+    Image.fromarray(mask_pixels).save(tmp_path / "a_mask.png")
+    item = AnomalyDataset([Sample(image, "c", 1, "crack", tmp_path / "a_mask.png")], image_size=8)[0]
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2:4, 4:8] = True
+    expected[6:8, 0:2] = True
+    assert torch.equal(item["mask"], expected)
+    assert item["label"] == 1 and item["defect"] == "crack"
+
+
+def test_rgb_mask_and_non_square_image(tmp_path):
+    image = write_image(tmp_path / "a.png", size=(64, 32))
+    mask = np.zeros((32, 64, 3), np.uint8)
+    mask[:, 32:, 2] = 255  # only the blue channel is set
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    item = AnomalyDataset([Sample(image, "c", 1, "x", tmp_path / "m.png")], image_size=16)[0]
+    assert item["image"].shape == (3, 16, 16)
+    assert item["mask"][:, 8:].all() and not item["mask"][:, :8].any()
+
+
+def test_cache_skips_decoding_after_first_read(tmp_path):
+    image = write_image(tmp_path / "a.png")
+    mask = write_mask(tmp_path / "a_mask.png")
+    sample = Sample(image, "c", 1, "x", mask)
+    cached, plain = (
+        AnomalyDataset([sample], image_size=16, cache=True),
+        AnomalyDataset([sample], image_size=16),
+    )
+    first, reference = cached[0], plain[0]
+    image.unlink()
+    mask.unlink()
+    second = cached[0]
+    assert torch.equal(first["image"], second["image"]) and torch.equal(first["mask"], second["mask"])
+    assert torch.equal(first["image"], reference["image"]) and torch.equal(first["mask"], reference["mask"])
+    with pytest.raises(AgpnetError, match="a.png"):
+        plain[0]
+
+
+def test_denormalize_inverts_normalisation(tmp_path):
+    image = write_image(tmp_path / "a.png", size=(16, 16))
+    item = AnomalyDataset([Sample(image, "c", 0, "good", None)], image_size=16)[0]
+    restored = denormalize(item["image"])
+    assert restored.dtype == np.uint8 and restored.shape == (16, 16, 3)
+    assert np.array_equal(restored, np.asarray(Image.open(image)))
+
+
+def test_dataloader_batches(tmp_path):
+    samples = [Sample(write_image(tmp_path / f"{i}.png", seed=i), "c", 0, "good", None) for i in range(3)]
+    batch = next(iter(DataLoader(AnomalyDataset(samples, image_size=8), batch_size=3)))
+    assert batch["image"].shape == (3, 3, 8, 8) and batch["mask"].shape == (3, 8, 8)
+    assert batch["label"].tolist() == [0, 0, 0] and batch["index"].tolist() == [0, 1, 2]
+    assert batch["category"] == ["c"] * 3

@@ -1,0 +1,189 @@
+"""Result tables: numbers from the run records, percent with one decimal, mean ± std over seeds,
+published rows labelled, exports."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures_runs import METRICS, write_run
+
+from agpnet import tables
+from agpnet.errors import AgpnetError
+from agpnet.published import published_rows
+
+KEYS = (*METRICS, "mad")
+NUMBER = re.compile(r"^\d+\.\d( ± \d+\.\d)?$")
+
+
+def by_row(table, method, category):
+    row = table.frame[(table.frame["method"] == method) & (table.frame["category"] == category)]
+    assert len(row) == 1, (method, category)
+    return row.iloc[0]
+
+
+def test_multi_class_seeds_give_mean_and_std_of_the_records(tmp_path):
+    records = [
+        write_run(tmp_path / f"runs/mc/seed{s}", seed=s, categories=("bottle", "cable")) for s in range(3)
+    ]
+    write_run(tmp_path / "runs/unfinished", status="running")  # ignored: not complete
+    loaded = tables.load_records(tmp_path / "runs")
+    assert len(loaded) == 3
+    (table,) = tables.paper_tables(loaded)
+    assert (table.key, table.title) == ("mvtec_multi-class", "mvtec multi-class")
+    ours = "AGPNet (ours; 3 seeds)"
+    assert list(table.frame["category"][table.frame["method"] == ours]) == ["bottle", "cable", "mean"]
+    for category in ("bottle", "cable", "mean"):
+        row = by_row(table, ours, category)
+        for key, column in tables.COLUMNS.items():
+            values = 100 * np.array([r["metrics"][category][key] for r in records])
+            assert row[column] == f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+            assert table.mean.loc[(ours, category), column] == pytest.approx(values.mean())
+    # The published rows follow, labelled, with the numbers of published.md.
+    published = table.frame[table.frame["method"].str.endswith("(published)")]
+    assert list(published["method"])[:2] == ["AGPNet (paper) (published)", "ViTAD (published)"]
+    assert set(published["category"]) == {"mean"}
+    agpnet = by_row(table, "AGPNet (paper) (published)", "mean")
+    assert (agpnet["I-AUROC"], agpnet["P-AUROC"], agpnet["AUPRO"], agpnet["I-AP"]) == (
+        "98.7",
+        "98.0",
+        "92.9",
+        "–",
+    )
+    assert agpnet["source"] == "arXiv 2408.07490"
+    vitad = by_row(table, "ViTAD (published)", "mean")
+    assert [vitad[c] for c in list(tables.COLUMNS.values())[:7]] == [
+        "98.3",
+        "99.4",
+        "97.3",
+        "97.7",
+        "55.3",
+        "58.7",
+        "91.4",
+    ]
+    assert table.frame.index.is_unique and table.frame.iloc[:3]["source"].eq("3 runs").all()
+
+
+def test_one_class_runs_form_one_table_with_a_mean_over_categories(tmp_path):
+    records = {}
+    for category in ("zipper", "bottle"):
+        for seed in (0, 1):
+            records[category, seed] = write_run(
+                tmp_path / f"{category}/{seed}", setting="one-class", categories=(category,), seed=seed
+            )
+    write_run(tmp_path / "single", setting="one-class", categories=("wood",), dataset="visa")
+    tables_by_key = {t.key: t for t in tables.paper_tables(tables.load_records(tmp_path))}
+    assert list(tables_by_key) == ["mvtec_one-class", "visa_one-class"]
+    table = tables_by_key["mvtec_one-class"]
+    ours = "AGPNet (ours; 2 seeds)"
+    assert list(table.frame["category"][table.frame["method"] == ours]) == ["bottle", "zipper", "mean"]
+    for key, column in tables.COLUMNS.items():
+        per_seed = [np.mean([records[c, s]["metrics"][c][key] for c in ("zipper", "bottle")]) for s in (0, 1)]
+        values = 100 * np.array(per_seed)
+        assert by_row(table, ours, "mean")[column] == f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+    assert by_row(table, "AGPNet (paper) (published)", "mean")["I-AUROC"] == "99.2"
+    # One seed: no ± ; the visa one-class table has no published row.
+    single = tables_by_key["visa_one-class"]
+    assert list(single.frame["method"]) == ["AGPNet (ours)", "AGPNet (ours)"]
+    for value in single.frame.iloc[0][list(tables.COLUMNS.values())]:
+        assert NUMBER.match(value) and "±" not in value
+
+
+def test_configurations_are_separate_methods_and_nan_is_shown(tmp_path):
+    metrics = {"bottle": {k: 0.5 for k in KEYS}, "mean": {k: 0.5 for k in KEYS}}
+    metrics["bottle"]["aupro"] = metrics["mean"]["aupro"] = None  # NaN in the record (written as null)
+    write_run(tmp_path / "a", model={"noise": "none"}, categories=("bottle",), metrics=metrics)
+    write_run(tmp_path / "b", categories=("bottle",), setting="few-shot", shots=2)
+    write_run(
+        tmp_path / "c", categories=("bottle",), setting="few-shot", shots=2, model={"blocks": [9, 10, 11, 12]}
+    )
+    write_run(tmp_path / "d", categories=("bottle",))
+    by_key = {t.key: t for t in tables.paper_tables(tables.load_records(tmp_path), published=False)}
+    assert list(by_key) == ["mvtec_multi-class", "mvtec_few-shot_2shot"]
+    methods = list(dict.fromkeys(by_key["mvtec_multi-class"].frame["method"]))
+    assert methods == ["AGPNet (ours; noise=none)", "AGPNet (ours; noise=attention)"]  # in run-folder order
+    row = by_row(by_key["mvtec_multi-class"], "AGPNet (ours; noise=none)", "bottle")
+    assert row["AUPRO"] == "NaN" and row["I-AUROC"] == "50.0"
+    assert list(dict.fromkeys(by_key["mvtec_few-shot_2shot"].frame["method"])) == [
+        "AGPNet (ours; blocks=3,6,9,12)",
+        "AGPNet (ours; blocks=9,10,11,12)",
+    ]
+
+
+def test_exports_csv_markdown_latex(tmp_path):
+    write_run(tmp_path / "runs/a", categories=("metal_nut", "a&b"))
+    (table,) = tables.paper_tables(tables.load_records(tmp_path / "runs"))
+    written = tables.export_tables([table], tmp_path / "out")
+    assert sorted(p.name for p in written) == [
+        "mvtec_multi-class.csv",
+        "mvtec_multi-class.md",
+        "mvtec_multi-class.tex",
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in written
+    )  # no temp files
+    csv = pd.read_csv(tmp_path / "out/mvtec_multi-class.csv", dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(csv, table.frame.astype(str))
+    markdown = (tmp_path / "out/mvtec_multi-class.md").read_text().splitlines()
+    assert markdown[2].startswith("| method | category | I-AUROC |") and len(markdown) == 4 + len(table.frame)
+    latex = (tmp_path / "out/mvtec_multi-class.tex").read_text()
+    for expected in (
+        r"\toprule",
+        r"\midrule",
+        r"\bottomrule",
+        r"metal\_nut",
+        r"a\&b",
+        "--",
+        r"\begin{tabular}",
+    ):
+        assert expected in latex
+    assert latex.count(r" \\") == len(table.frame) + 1
+
+
+def test_ablation_frame_keeps_the_other_factors_at_baseline(tmp_path):
+    variants = [
+        {},
+        {"noise": "none"},
+        {"blocks": [9, 10, 11, 12]},
+        {"noise": "uniform", "blocks": [1, 2, 3, 4]},
+    ]
+    for i, model in enumerate(variants):
+        for seed in (0, 1):
+            write_run(tmp_path / f"v{i}/s{seed}", model=model, seed=seed)
+    frame = tables.metrics_frame(tables.load_records(tmp_path))
+    noise = tables.ablation_frame(frame, "noise")
+    assert sorted(set(noise["noise"])) == ["attention", "none"]  # the uniform run changes blocks too
+    assert set(noise["metric"]) == set(tables.COLUMNS.values()) and len(noise) == 4 * len(tables.COLUMNS)
+    assert noise["value"].between(50, 100).all()  # percent
+    studies = tables.ablation_studies(frame)
+    assert [(title, factor) for title, factor, _ in studies] == [
+        ("mvtec multi-class: noise", "noise"),
+        ("mvtec multi-class: blocks", "blocks"),
+    ]
+    summary = tables.ablation_summary(noise, "noise")
+    assert list(summary["noise"]) == ["attention", "none"] and list(summary["runs"]) == [2, 2]
+    assert all("±" in v for v in summary["I-AUROC"])
+
+
+def test_published_rows():
+    assert [r["metrics"]["pixel_auroc"] for r in published_rows("mvtec", "few-shot", 2)] == [96.2]
+    assert [r["metrics"]["pixel_auroc"] for r in published_rows("mvtec", "few-shot", 4)] == [97.3]
+    assert published_rows("mvtec", "few-shot", 1) == []
+    visa = {r["method"]: r for r in published_rows("visa")}
+    assert set(visa) == {"AGPNet (paper)", "ViTAD", "MambaAD", "UniAD (ADer re-run)", "Dinomaly ViT-B"}
+    assert visa["MambaAD"]["metrics"]["aupro"] == 91.0 and visa["AGPNet (paper)"]["metrics"]["aupro"] is None
+    assert "Dinomaly ViT-B" not in {r["method"] for r in published_rows("mvtec3d")}
+    assert all(r["label"] == "published" for r in published_rows("mvtec"))
+
+
+def test_bad_records_are_named(tmp_path):
+    with pytest.raises(AgpnetError, match="no such folder"):
+        tables.load_records(tmp_path / "missing")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r/record.json").write_text("{not json")
+    with pytest.raises(AgpnetError, match=re.escape(str(tmp_path / "r/record.json"))):
+        tables.load_records(tmp_path)
+    (tmp_path / "r/record.json").write_text(json.dumps({"status": "complete"}))
+    with pytest.raises(AgpnetError, match="without `metrics` and `config`"):
+        tables.load_records(tmp_path)

@@ -1,0 +1,204 @@
+"""Training loop: loss falls, checkpoints round-trip, resume equals an uninterrupted run,
+divergence stops cleanly, the feature cache holds the encoder's output."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from agpnet.errors import AgpnetError
+from agpnet.model import AGPNetConfig, build_model
+from agpnet.train import FeatureCache, TrainConfig, TrainingDiverged, fit, load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Stripes(torch.utils.data.Dataset):
+    """n smooth stripe images (3, 64, 64) as AnomalyDataset-like items."""
+
+    def __init__(self, n: int = 12, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+        freq = 2 + 2 * torch.rand(n, 3, 2, generator=g)
+        phase = 2 * math.pi * torch.rand(n, 3, 1, 1, generator=g)
+        self.images = torch.sin(
+            2 * math.pi * (freq[..., 0, None, None] * x + freq[..., 1, None, None] * y) + phase
+        )
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"image": self.images[index], "index": index, "label": 0}
+
+
+def make_model(fields: dict, **overrides):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = build_model(AGPNetConfig(**{**fields, **overrides}), "random")
+    return model
+
+
+def quick(**overrides) -> TrainConfig:
+    return TrainConfig(**{"epochs": 3, "batch_size": 4, "lr": 6e-3, "num_workers": 0, **overrides})
+
+
+def decoder_state(model):
+    return {k: v.clone() for k, v in model.decoder.state_dict().items()}
+
+
+def test_loss_falls(tiny_model_fields, tmp_path):
+    model = make_model(tiny_model_fields, alpha_schedule="constant", mask_ratio_schedule="constant")
+    result = fit(model, Stripes(), quick(epochs=12), tmp_path, "cpu", progress=False)
+    assert len(result.loss_per_epoch) == 12 and all(math.isfinite(v) for v in result.loss_per_epoch)
+    assert result.loss_per_epoch[-1] < 0.7 * result.loss_per_epoch[0]
+    assert result.checkpoint == tmp_path / "checkpoint.pt" and result.checkpoint.is_file()
+    assert result.train_seconds > 0 and result.images_per_second > 0
+    assert not model.training  # handed back ready for evaluation
+
+
+def test_checkpoint_round_trip(tiny_model_fields, tmp_path):
+    model = make_model(tiny_model_fields)
+    cfg = quick(epochs=5, lr_decay_at=0.6)
+    result = fit(model, Stripes(), cfg, tmp_path, "cpu", progress=False)
+    loaded, meta = load_checkpoint(result.checkpoint, "cpu")
+    assert meta["epoch"] == 5 and meta["loss_per_epoch"] == result.loss_per_epoch
+    assert meta["model_config"] == model.cfg.to_dict() and meta["train_config"]["epochs"] == 5
+    assert meta["weights_info"] == model.weights_info and meta["weights_info"]["pretrained"] is False
+    assert not loaded.training and loaded.cfg == model.cfg
+    images = Stripes(4, seed=9).images
+    for key in ("anomaly_map", "score"):
+        torch.testing.assert_close(loaded.predict(images)[key], model.predict(images)[key], rtol=0, atol=0)
+    for p, q in zip(loaded.decoder_ema.parameters(), model.decoder_ema.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    raw = torch.load(result.checkpoint, weights_only=True)
+    assert raw["encoder"] is not None  # random encoder weights travel with the checkpoint
+    assert raw["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        6e-3 * 4 / 8 * 0.1
+    )  # decayed after 60 %
+
+
+def test_resume_equals_uninterrupted(tiny_model_fields, tmp_path):
+    data, cfg = Stripes(), quick(epochs=3, checkpoint_every=1)
+    full = make_model(tiny_model_fields)
+    expected = fit(full, data, cfg, tmp_path / "full", "cpu", progress=False)
+
+    crashed = make_model(tiny_model_fields)
+    calls = {"n": 0}
+    original = crashed.training_loss
+
+    def crash_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * 3 + 2:  # 3 steps per epoch: the 2nd step of epoch 3
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    crashed.training_loss = crash_in_third_epoch
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashed, data, cfg, tmp_path / "resumed", "cpu", progress=False)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")[1]["epoch"] == 2
+
+    resumed_model = make_model(tiny_model_fields)
+    resumed = fit(resumed_model, data, cfg, tmp_path / "resumed", "cpu", resume=True, progress=False)
+    assert resumed.loss_per_epoch == expected.loss_per_epoch
+    for name, value in decoder_state(full).items():
+        torch.testing.assert_close(resumed_model.decoder.state_dict()[name], value, rtol=0, atol=0)
+    for p, q in zip(resumed_model.decoder_ema.parameters(), full.decoder_ema.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    # Resuming a finished run changes nothing.
+    again = fit(
+        make_model(tiny_model_fields), data, cfg, tmp_path / "resumed", "cpu", resume=True, progress=False
+    )
+    assert again.loss_per_epoch == expected.loss_per_epoch
+
+
+def test_resume_refuses_a_different_setup(tiny_model_fields, tmp_path):
+    data = Stripes(8)
+    fit(make_model(tiny_model_fields), data, quick(epochs=1), tmp_path, "cpu", progress=False)
+    with pytest.raises(AgpnetError, match="different model config \\(noise\\)"):
+        fit(
+            make_model(tiny_model_fields, noise="uniform"),
+            data,
+            quick(epochs=2),
+            tmp_path,
+            "cpu",
+            resume=True,
+            progress=False,
+        )
+    with pytest.raises(AgpnetError, match="different training settings \\(lr\\)"):
+        fit(
+            make_model(tiny_model_fields),
+            data,
+            quick(epochs=1, lr=1.0),
+            tmp_path,
+            "cpu",
+            resume=True,
+            progress=False,
+        )
+    other_encoder = make_model(tiny_model_fields)
+    with torch.no_grad():
+        other_encoder.encoder.vit.pos_embed.add_(1.0)
+    with pytest.raises(AgpnetError, match="different encoder weights"):
+        fit(other_encoder, data, quick(epochs=1), tmp_path, "cpu", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_fields, tmp_path):
+    model = make_model(tiny_model_fields)
+    calls = {"n": 0}
+    original = model.training_loss
+
+    def nan_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 2 * 3 + 2 else loss
+
+    model.training_loss = nan_in_third_epoch
+    with pytest.raises(TrainingDiverged, match="epoch 3/3, step 2/3.*last good checkpoint") as err:
+        fit(model, Stripes(), quick(epochs=3, checkpoint_every=1), tmp_path, "cpu", progress=False)
+    assert isinstance(err.value, AgpnetError) and "\n" not in str(err.value)
+    loaded, meta = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert meta["epoch"] == 2 and all(math.isfinite(v) for v in meta["loss_per_epoch"])
+    assert all(torch.isfinite(p).all() for p in loaded.decoder.parameters())
+
+
+def test_feature_cache_holds_clean_features_and_prior_attention(tiny_model_fields):
+    model = make_model(tiny_model_fields)
+    data = Stripes(5)
+    cache = FeatureCache(
+        model,
+        data,
+        batch_size=2,
+        workers=0,
+        device=torch.device("cpu"),
+        amp=torch.autocast("cpu", enabled=False),
+    )
+    index = torch.tensor([4, 0])
+    f_clean, a_prior = model.encode_clean(data.images[index])
+    cached_f, cached_a = cache.get(index)
+    torch.testing.assert_close(cached_f, f_clean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached_a, a_prior, rtol=1e-5, atol=1e-6)
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(AgpnetError, match="nothing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(AgpnetError, match="junk.pt: not a readable agpnet checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"some": "dict"}, tmp_path / "other.pt")
+    with pytest.raises(AgpnetError, match="other.pt: not an agpnet checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_bad_train_config():
+    with pytest.raises(AgpnetError, match="amp='fp8'"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(AgpnetError, match="epochs=0"):
+        TrainConfig(epochs=0)
