@@ -11,6 +11,15 @@ PUBLISHED_LABEL = "published"
 # The order of the seven numbers below (published.md): I-AUROC / I-AP / I-F1max | P-AUROC / P-AP / P-F1max / AUPRO.
 METRIC_ORDER = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
+# The categories of each benchmark: published means are over all of them.
+DATASET_CATEGORIES = {
+    "mvtec": ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
+              "tile", "toothbrush", "transistor", "wood", "zipper"),
+    "visa": ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
+             "pcb4", "pipe_fryum"),
+    "mvtec3d": ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire"),
+}
+
 _MULTI_CLASS = {
     # method: (source, {dataset: seven metrics in METRIC_ORDER})
     "AGPNet (paper)": ("arXiv 2408.07490", {

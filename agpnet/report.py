@@ -37,8 +37,17 @@ _OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block extra_css -%}
+<style>
+.jp-RenderedHTMLCommon table.agpnet-table td { white-space: nowrap; }
+.jp-RenderedHTMLCommon table.agpnet-table td:last-child { white-space: normal; }
+.jp-RenderedHTMLCommon table.agpnet-table th:first-child,
+.jp-RenderedHTMLCommon table.agpnet-table td:first-child { text-align: left; }
+.agpnet-back { margin: 1em 2em; font-family: system-ui, sans-serif; }
+</style>
+{%- endblock extra_css -%}
 {%- block body_header -%}{{ super() }}
-<p style="margin: 1em 2em"><a href="index.html">&larr; report index</a></p>
+<p class="agpnet-back"><a href="index.html">&larr; report index</a></p>
 {%- endblock body_header -%}
 """
 

@@ -102,8 +102,8 @@ def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides:
         raise AgpnetError(f"{path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(SWEEP_KEYS)}")
     base = spec.get("base") or {}
     _expect(isinstance(base, dict), path, "`base` must be a mapping of field -> value")
-    overrides = dict(overrides or {})
-    _expect(all(isinstance(k, str) and k for k in overrides), path, "override keys must be field names")
+    _expect(all(isinstance(k, str) and k for k in overrides or {}), path, "override keys must be field names")
+    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}  # --set batch-size=4 works too
 
     owns = []
     grids = spec.get("grid") or []

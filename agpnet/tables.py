@@ -21,7 +21,7 @@ import pandas as pd
 
 from agpnet.atomic import write_text
 from agpnet.errors import AgpnetError
-from agpnet.published import published_rows
+from agpnet.published import DATASET_CATEGORIES, published_rows
 
 # Record metric key -> column name, in table order.
 COLUMNS = {
@@ -53,10 +53,13 @@ class Table:
     frame: pd.DataFrame
     mean: pd.DataFrame
     std: pd.DataFrame
+    note: str = ""  # caveat printed under the table (e.g. published means over more categories)
 
     def to_html(self) -> str:
-        """Title and table as HTML, every value escaped (for notebooks and reports)."""
-        return heading(self.title) + self.frame.to_html(index=False, escape=True, border=0, classes="agpnet-table")
+        """Title, table and note as HTML, every value escaped (for notebooks and reports)."""
+        note = f"<p><em>{html.escape(self.note)}</em></p>" if self.note else ""
+        return heading(self.title) + self.frame.to_html(index=False, escape=True, border=0,
+                                                        classes="agpnet-table") + note
 
 
 def heading(text: str) -> str:
@@ -144,6 +147,8 @@ def to_markdown(table: Table) -> str:
     lines = [f"**{_md_escape(table.title)}**", "", "| " + " | ".join(frame.columns) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS) + ["---"]) + "|"]
     lines += ["| " + " | ".join(_md_escape(str(v)) for v in row) + " |" for row in frame.itertuples(index=False)]
+    if table.note:
+        lines += ["", f"*{_md_escape(table.note)}*"]
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +163,7 @@ def to_latex(table: Table) -> str:
             lines.append(r"\midrule")
         previous = block
         lines.append(" & ".join(_tex_escape(str(v)) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}"] + ([f"% {table.note}"] if table.note else [])
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +241,17 @@ def _table(dataset: str, setting: str, shots, records: list[dict], published: bo
             rows.append({"method": label, "category": category,
                          **{c: format_value(m, s) for c, m, s in zip(COLUMNS.values(), mean, std)},
                          "source": f"{len(runs)} run{'s' if len(runs) > 1 else ''}"})
+    ours = {c for label in methods for c in _category_order(methods[label])}
+    known = set(DATASET_CATEGORIES.get(dataset, ()))
+    note = ""
+    if published and not ours <= known:
+        published = False  # not the benchmark's categories (e.g. the synthetic set in the MVTec layout)
+        if known:
+            note = (f"No published rows: the categories are not those of the {dataset} benchmark "
+                    "(a dataset in its layout, e.g. the synthetic demo set).")
+    elif published and ours != known and published_rows(dataset, setting, shots):
+        note = (f"Ours: {len(ours)} of the {len(known)} {dataset} categories; the published numbers are means over "
+                f"all {len(known)}, so the mean rows are not comparable.")
     if published:
         for row in published_rows(dataset, setting, shots):
             label = f"{row['method']} (published)"
@@ -249,7 +265,7 @@ def _table(dataset: str, setting: str, shots, records: list[dict], published: bo
     title = f"{dataset} {setting}" + (f" {shots}-shot" if shots is not None else "")
     columns = ["method", "category", *COLUMNS.values(), "source"]
     index = pd.MultiIndex.from_tuples(list(means), names=["method", "category"])
-    return Table(key=key, title=title, dataset=dataset, setting=setting, shots=shots,
+    return Table(key=key, title=title, dataset=dataset, setting=setting, shots=shots, note=note,
                  frame=pd.DataFrame(rows, columns=columns),
                  mean=pd.DataFrame(list(means.values()), index=index, columns=list(COLUMNS.values())),
                  std=pd.DataFrame(list(stds.values()), index=index, columns=list(COLUMNS.values())))

@@ -1,6 +1,6 @@
 """Throughput of AGPNet on one batch: encoder only, inference, training step and its parts.
 
-    python benchmarks/throughput.py --device cuda --batch-size 8 --iters 20
+    python benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5
 
 Goals: inference images/s >= 0.85 x encoder-only images/s; training step time <= 1.15 x the
 sum of its parts measured alone (encoder on the perturbed image, two decoder forward+backward
@@ -12,6 +12,7 @@ is one JSON object with the numbers.
 
 import argparse
 import json
+import statistics
 import time
 import warnings
 
@@ -21,17 +22,24 @@ import torch.nn.functional as F
 from agpnet.model import AGPNetConfig, build_model
 
 
-def seconds_per_call(fn, device: torch.device, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / iters
+def seconds_per_call(fns: dict, device: torch.device, rounds: int, repeat: int, warmup: int) -> dict:
+    """Median seconds per call of each function. The functions take turns round by round, so a
+    change of machine load during the run hits them alike (shared machines)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeat):
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append((time.perf_counter() - start) / repeat)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -41,21 +49,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--backbone", default="vit_small_patch16_224.dino")
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON for timm.create_model")
-    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--blocks", default="3,6,9,12", help="tapped encoder blocks, e.g. 1,2 for a 2-block ViT")
+    parser.add_argument("--decoder-heads", type=int, default=6)
+    parser.add_argument("--iters", type=int, default=10, help="rounds; each times every function once")
+    parser.add_argument("--repeat", type=int, default=1, help="calls per function per round")
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    cfg = AGPNetConfig(backbone=args.backbone, backbone_kwargs=args.backbone_kwargs, image_size=args.image_size)
+    cfg = AGPNetConfig(backbone=args.backbone, backbone_kwargs=args.backbone_kwargs, image_size=args.image_size,
+                       blocks=tuple(int(b) for b in args.blocks.split(",")), decoder_heads=args.decoder_heads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights on purpose
         model, _ = build_model(cfg, "random", device)
     b = args.batch_size
     images = torch.randn(b, 3, args.image_size, args.image_size, device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def timed(fn):
-        return seconds_per_call(fn, device, args.iters, args.warmup)
 
     def encoder_only():
         with torch.no_grad(), amp:
@@ -96,9 +105,12 @@ def main(argv=None) -> dict:
         with amp:
             model.learned_attention(f_clean)
 
-    t_encoder, t_infer, t_train = timed(encoder_only), timed(inference), timed(train_step)
-    t_parts = {"encoder (perturbed image)": timed(part_encoder), "decoder fwd+bwd x2": 2 * timed(part_decoder),
-               "EMA decoder fwd (A_learn)": timed(part_ema)}
+    t = seconds_per_call({"encoder": encoder_only, "infer": inference, "train": train_step,
+                          "part_encoder": part_encoder, "part_decoder": part_decoder, "part_ema": part_ema},
+                         device, args.iters, args.repeat, args.warmup)
+    t_encoder, t_infer, t_train = t["encoder"], t["infer"], t["train"]
+    t_parts = {"encoder (perturbed image)": t["part_encoder"], "decoder fwd+bwd x2": 2 * t["part_decoder"],
+               "EMA decoder fwd (A_learn)": t["part_ema"]}
     result = {
         "encoder_img_s": b / t_encoder,
         "infer_img_s": b / t_infer,
@@ -107,7 +119,7 @@ def main(argv=None) -> dict:
         "train_step_over_parts": t_train / sum(t_parts.values()),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
     }
-    print(f"{args.backbone} at {args.image_size} px, batch {b}, {args.iters} iterations, device {result['device']}")
+    print(f"{args.backbone} at {args.image_size} px, batch {b}, {args.iters} rounds (medians), device {result['device']}")
     print(f"encoder only : {result['encoder_img_s']:9.1f} img/s  ({1000 * t_encoder:.1f} ms/batch)")
     print(f"inference    : {result['infer_img_s']:9.1f} img/s  ({1000 * t_infer:.1f} ms/batch), "
           f"{result['infer_ratio']:.3f} x encoder only (goal >= 0.85)")

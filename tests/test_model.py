@@ -9,18 +9,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
+import agpnet.model.agpnet as agpnet_module
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNetConfig, build_model
 from agpnet.model.encoder import cls_attention
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than several on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_model(fields: dict, **overrides):
@@ -160,6 +152,7 @@ def test_hub_failure_falls_back_to_random_loudly(tiny_model_fields, monkeypatch,
         return create(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(agpnet_module, "hub_unavailable_reason", lambda name: None)  # the quick check passes
     with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="could not be downloaded"):
         model, info = build_model(AGPNetConfig(**tiny_model_fields), "hub")
     assert info["pretrained"] is False
@@ -168,6 +161,20 @@ def test_hub_failure_falls_back_to_random_loudly(tiny_model_fields, monkeypatch,
     assert "!!!!" in caplog.text and "no route to the hub" in caplog.text
     # The fallback encoder is the reproducible random one.
     assert model.encoder.fingerprint() == make_model(tiny_model_fields).encoder.fingerprint()
+
+
+def test_unreachable_hub_falls_back_without_trying_the_download(tiny_model_fields, monkeypatch):
+    create = timm.create_model
+
+    def no_download(name, pretrained=False, **kwargs):
+        assert not pretrained, "the download must not be attempted when the hub is known to be unreachable"
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    monkeypatch.setattr(agpnet_module, "hub_unavailable_reason", lambda name: "huggingface.co is not reachable")
+    with pytest.warns(UserWarning, match="could not be downloaded"):
+        _, info = build_model(AGPNetConfig(**tiny_model_fields), "hub")
+    assert info["source"] == "random (hub download failed: huggingface.co is not reachable)"
 
 
 def test_random_weights_are_reproducible_and_flagged(tiny_model_fields):

@@ -18,14 +18,6 @@ from agpnet.model.perturbation import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(fields: dict, **overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

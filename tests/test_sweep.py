@@ -118,6 +118,7 @@ def test_bad_sweep_files(tmp_path, text, expected):
 
 
 def test_unknown_config_field_fails_before_running(tmp_path):
+    pytest.importorskip("agpnet.config", reason="agpnet.config is not importable yet")
     sweep_file = write_yaml(
         tmp_path / "s.yaml",
         f"""

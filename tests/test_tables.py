@@ -63,6 +63,14 @@ def test_multi_class_seeds_give_mean_and_std_of_the_records(tmp_path):
         "91.4",
     ]
     assert table.frame.index.is_unique and table.frame.iloc[:3]["source"].eq("3 runs").all()
+    assert "2 of the 15 mvtec categories" in table.note and table.note in table.to_html()
+
+
+def test_no_published_rows_beside_other_data_in_a_benchmark_layout(tmp_path):
+    write_run(tmp_path / "synth", categories=("fabric", "washer", "wood"))  # the synthetic set, MVTec layout
+    (table,) = tables.paper_tables(tables.load_records(tmp_path))
+    assert set(table.frame["method"]) == {"AGPNet (ours)"}
+    assert "No published rows" in table.note
 
 
 def test_one_class_runs_form_one_table_with_a_mean_over_categories(tmp_path):
@@ -112,33 +120,24 @@ def test_configurations_are_separate_methods_and_nan_is_shown(tmp_path):
 
 
 def test_exports_csv_markdown_latex(tmp_path):
-    write_run(tmp_path / "runs/a", categories=("metal_nut", "a&b"))
-    (table,) = tables.paper_tables(tables.load_records(tmp_path / "runs"))
-    written = tables.export_tables([table], tmp_path / "out")
-    assert sorted(p.name for p in written) == [
-        "mvtec_multi-class.csv",
-        "mvtec_multi-class.md",
-        "mvtec_multi-class.tex",
-    ]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        p.name for p in written
-    )  # no temp files
+    write_run(tmp_path / "runs/a", categories=("metal_nut", "bottle"))
+    write_run(tmp_path / "runs/b", dataset="folder", setting="one-class", categories=("a&b_50%",))
+    other, table = tables.paper_tables(tables.load_records(tmp_path / "runs"))  # sorted by dataset
+    written = tables.export_tables([table, other], tmp_path / "out")
+    stems = ("folder_one-class", "mvtec_multi-class")
+    assert sorted(p.name for p in written) == [f"{s}.{e}" for s in stems for e in ("csv", "md", "tex")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written)  # no temp files
     csv = pd.read_csv(tmp_path / "out/mvtec_multi-class.csv", dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(csv, table.frame.astype(str))
     markdown = (tmp_path / "out/mvtec_multi-class.md").read_text().splitlines()
-    assert markdown[2].startswith("| method | category | I-AUROC |") and len(markdown) == 4 + len(table.frame)
+    assert markdown[2].startswith("| method | category | I-AUROC |") and len(markdown) == 6 + len(table.frame)
+    assert markdown[-1] == f"*{table.note}*"
     latex = (tmp_path / "out/mvtec_multi-class.tex").read_text()
-    for expected in (
-        r"\toprule",
-        r"\midrule",
-        r"\bottomrule",
-        r"metal\_nut",
-        r"a\&b",
-        "--",
-        r"\begin{tabular}",
-    ):
+    for expected in (r"\toprule", r"\midrule", r"\bottomrule", r"metal\_nut", "--", r"\begin{tabular}",
+                     f"% {table.note}"):
         assert expected in latex
     assert latex.count(r" \\") == len(table.frame) + 1
+    assert r"a\&b\_50\%" in (tmp_path / "out/folder_one-class.tex").read_text()
 
 
 def test_ablation_frame_keeps_the_other_factors_at_baseline(tmp_path):

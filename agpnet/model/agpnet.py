@@ -22,6 +22,7 @@ from agpnet.errors import AgpnetError
 from agpnet.model.config import AGPNetConfig
 from agpnet.model.decoder import Decoder
 from agpnet.model.encoder import Encoder
+from agpnet.model.hub import hub_unavailable_reason
 from agpnet.model.perturbation import (
     feature_noise_std,
     final_attention,
@@ -248,6 +249,9 @@ def create_backbone(cfg: AGPNetConfig, weights: str | Path = "hub", fallback: bo
         return random_backbone(cfg, kwargs), {"source": "random (requested)", "pretrained": False, "warning": warning}
     if weights == "hub":
         try:
+            unavailable = hub_unavailable_reason(name)  # offline: fail now, not after a minute of retries
+            if unavailable:
+                raise ConnectionError(unavailable)
             vit = timm.create_model(name, pretrained=True, **kwargs)
         except Exception as err:  # network, hub or cache failure: fall back, loudly
             reason = " ".join(str(err).split())[:300] or type(err).__name__

@@ -45,7 +45,7 @@ class Encoder(nn.Module):
         if max(blocks) > len(vit.blocks):
             raise AgpnetError(f"model config blocks={tuple(blocks)}: the backbone has {len(vit.blocks)} blocks")
         self.vit = vit
-        self.blocks = tuple(blocks)
+        self.taps = tuple(blocks)  # 1-indexed tapped blocks
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.grid = tuple(vit.patch_embed.grid_size)  # (h, w) tokens
         self.dim = vit.embed_dim
@@ -60,11 +60,11 @@ class Encoder(nn.Module):
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         features, attentions = [], []
-        for i, block in enumerate(vit.blocks[: max(self.blocks)], start=1):
-            if with_attention and i in self.blocks:
+        for i, block in enumerate(vit.blocks[: max(self.taps)], start=1):
+            if with_attention and i in self.taps:
                 attentions.append(cls_attention(block, x, self.num_prefix_tokens))
             x = block(x)
-            if i in self.blocks:
+            if i in self.taps:
                 features.append(x[:, self.num_prefix_tokens:])
         if not with_attention:
             return features, None
