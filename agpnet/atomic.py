@@ -16,6 +16,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -23,6 +24,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -73,7 +73,8 @@ class _MapStore:
         self.arrays["masks"].append(masks[:, 0].cpu().numpy())
         self.arrays["scores"].append(out["score"].float().cpu().numpy())
         self.arrays["labels"].append(np.asarray(batch["label"], dtype=np.int8))
-        for key, name in (("paths", "path"), ("categories", "category"), ("defects", "defect")):
+        self.arrays["paths"].append(np.asarray([str(Path(p).resolve()) for p in batch["path"]], dtype=str))
+        for key, name in (("categories", "category"), ("defects", "defect")):
             self.arrays[key].append(np.asarray(batch[name], dtype=str))
         for key in ("a_prior", "a_learn", "a_final"):
             self.arrays[key].append(attention[key].to(torch.float16).cpu().numpy())
