@@ -18,6 +18,7 @@ import yaml
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNetConfig
 from agpnet.train import TrainConfig
+from agpnet.yamlfile import read_yaml_mapping
 
 
 @dataclass
@@ -105,16 +106,7 @@ def flat_fields() -> dict[str, object]:
 
 def load_yaml_config(path: str | Path) -> dict:
     """Flat fields from a YAML file (a mapping of field -> value)."""
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AgpnetError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise AgpnetError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise AgpnetError(f"{path}: expected a mapping of config fields to values")
-    return values
+    return read_yaml_mapping(path, "config file", "a mapping of config fields to values")
 
 
 def _coerce(key: str, value, annotation):

@@ -12,9 +12,9 @@ from agpnet.atomic import write_json
 from agpnet.config import RunConfig
 from agpnet.data import AnomalyDataset, load_split
 from agpnet.environment import describe_environment, resolve_device
-from agpnet.evaluate import evaluate
+from agpnet.evaluate import EvalResult, evaluate
 from agpnet.model import build_model
-from agpnet.train import fit, load_checkpoint
+from agpnet.train import CHECKPOINT_NAME, fit, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,43 +34,16 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
              ", ".join(split.categories), device)
 
     trained = fit(model, train_set, cfg.train, out, device, resume=resume, progress=progress)
-    maps_path = out / "maps.npz" if cfg.eval.save_maps else None
-    result = evaluate(model, test_set, device, batch_size=cfg.eval.eval_batch_size, fpr_limit=cfg.eval.fpr_limit,
-                      maps_path=maps_path, maps_size=cfg.eval.maps_size)
-    record = {
-        "status": "complete",
-        "config": cfg.to_dict(),
-        "dataset": cfg.data.dataset,
-        "setting": cfg.data.setting,
-        "categories": split.categories,
-        "seed": cfg.train.seed,
-        "few_shot_files": split.few_shot_files,
-        "n_train": len(train_set),
-        "n_test": len(test_set),
-        "weights": weights_info,
-        "environment": describe_environment(device),
-        "loss_per_epoch": trained.loss_per_epoch,
-        "timings": {
-            "train_s": trained.train_seconds,
-            "train_img_s": trained.images_per_second,
-            "eval_s": result.seconds,
-            "eval_img_s": result.images_per_second,
-        },
-        "eval": {"resolution": result.resolution, "score": cfg.model.score, "fpr_limit": cfg.eval.fpr_limit,
-                 "epoch": "final (no epoch selection on the test set)"},
-        "metrics": result.metrics,
-        "artifacts": {"checkpoint": trained.checkpoint.name, "maps": maps_path.name if maps_path else None},
-        "started": started,
-        "finished": _now(),
-    }
-    write_json(out / "record.json", record)
-    return record
-
-
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
+    result = _evaluate(model, test_set, device, cfg)
+    record = _record(cfg, split, result, weights_info, device, started, epoch="final (no epoch selection on the test set)")
+    record.update(
+        seed=cfg.train.seed,
+        few_shot_files=split.few_shot_files,
+        n_train=len(train_set),
+        loss_per_epoch=trained.loss_per_epoch,
+    )
+    record["timings"].update(train_s=trained.train_seconds, train_img_s=trained.images_per_second)
+    return _write(record, out)
 
 
 def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str = "multi-class",
@@ -78,34 +51,52 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
                         save_maps: bool = False, out_dir: str = "runs/eval") -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record."""
     started = _now()
-    out = Path(out_dir)
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, torch_device)
-    split = load_split(dataset, root, setting, category=category)
-    test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
-    maps_path = out / "maps.npz" if save_maps else None
-    result = evaluate(model, test_set, torch_device, batch_size=batch_size, maps_path=maps_path)
-    cfg = RunConfig(model=model.cfg, device=device, out_dir=str(out))
+    cfg = RunConfig(model=model.cfg, device=device, out_dir=str(out_dir))
     cfg.data.dataset, cfg.data.root, cfg.data.setting, cfg.data.category = dataset, str(root), setting, category
     cfg.eval.eval_batch_size, cfg.eval.save_maps = batch_size, save_maps
-    record = {
+    split = load_split(dataset, root, setting, category=category)
+    test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
+    result = _evaluate(model, test_set, torch_device, cfg)
+    record = _record(cfg, split, result, meta["weights"], torch_device, started,
+                     epoch=f"checkpoint after epoch {meta.get('epoch')}")
+    record.update(checkpoint=str(checkpoint), loss_per_epoch=meta.get("loss_per_epoch", []))
+    record["artifacts"]["checkpoint"] = str(checkpoint)
+    return _write(record, Path(out_dir))
+
+
+def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:
+    maps_path = Path(cfg.out_dir) / "maps.npz" if cfg.eval.save_maps else None
+    return evaluate(model, test_set, device, batch_size=cfg.eval.eval_batch_size, fpr_limit=cfg.eval.fpr_limit,
+                    maps_path=maps_path, maps_size=cfg.eval.maps_size)
+
+
+def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, device, started: str, epoch: str) -> dict:
+    """The fields every run record has (docs/contracts.md)."""
+    return {
         "status": "complete",
         "config": cfg.to_dict(),
-        "checkpoint": str(checkpoint),
-        "dataset": dataset,
-        "setting": setting,
+        "dataset": cfg.data.dataset,
+        "setting": cfg.data.setting,
         "categories": split.categories,
-        "n_test": len(test_set),
-        "weights": meta["weights"],
-        "environment": describe_environment(torch_device),
-        "loss_per_epoch": meta.get("loss_per_epoch", []),
+        "n_test": result.n_images,
+        "weights": weights_info,
+        "environment": describe_environment(device),
         "timings": {"eval_s": result.seconds, "eval_img_s": result.images_per_second},
-        "eval": {"resolution": result.resolution, "score": model.cfg.score, "fpr_limit": cfg.eval.fpr_limit,
-                 "epoch": f"checkpoint epoch {meta.get('epoch')}"},
+        "eval": {"resolution": result.resolution, "score": cfg.model.score, "fpr_limit": cfg.eval.fpr_limit,
+                 "epoch": epoch},
         "metrics": result.metrics,
-        "artifacts": {"checkpoint": str(checkpoint), "maps": maps_path.name if maps_path else None},
+        "artifacts": {"checkpoint": CHECKPOINT_NAME, "maps": "maps.npz" if cfg.eval.save_maps else None},
         "started": started,
-        "finished": _now(),
     }
+
+
+def _write(record: dict, out: Path) -> dict:
+    record["finished"] = _now()
     write_json(out / "record.json", record)
     return record
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -50,10 +50,9 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from agpnet.atomic import write_json
 from agpnet.errors import AgpnetError
+from agpnet.yamlfile import read_yaml_mapping
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 SWEEP_KEYS = ("notebook", "out", "description", "base", "grid", "cells")
@@ -89,14 +88,7 @@ def package_notebook(name: str) -> Path:
 def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: dict | None = None) -> Sweep:
     """Parse and check a sweep file; the cells with their names and fields."""
     path = Path(sweep_file)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AgpnetError(f"{path}: sweep file not found") from None
-    except yaml.YAMLError as err:
-        raise AgpnetError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(spec, dict):
-        raise AgpnetError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+    spec = read_yaml_mapping(path, "sweep file", f"a mapping with keys {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise AgpnetError(f"{path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(SWEEP_KEYS)}")
