@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from agpnet.atomic import atomic_write
 from agpnet.metrics import MetricAccumulator
+from agpnet.train import autocast, loader_workers
 
 
 @dataclass
@@ -27,16 +28,20 @@ class EvalResult:
 
 
 def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_limit: float = 0.3,
-             maps_path: str | Path | None = None, maps_size: int = 128, num_workers: int = 0) -> EvalResult:
-    """Metrics of `model` on `test_set` (an AnomalyDataset). Writes maps.npz when `maps_path` is given."""
-    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+             maps_path: str | Path | None = None, maps_size: int = 128, num_workers: int | None = None,
+             amp: str = "auto") -> EvalResult:
+    """Metrics of `model` on `test_set` (an AnomalyDataset). Writes maps.npz when `maps_path` is given.
+
+    `amp` and `num_workers` as in TrainConfig (bf16 autocast and loader workers on CUDA by default);
+    the maps themselves are float32 (AGPNet.predict)."""
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers, device),
                         pin_memory=device.type == "cuda")
     accumulator = MetricAccumulator()
     keep = _MapStore(maps_size) if maps_path is not None else None
     size = None
     start = time.perf_counter()
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(amp, device):
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
             masks = batch["mask"].to(device, non_blocking=True)

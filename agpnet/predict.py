@@ -15,7 +15,7 @@ from agpnet.atomic import write_bytes, write_text
 from agpnet.data import AnomalyDataset, Sample, load_rgb
 from agpnet.environment import resolve_device
 from agpnet.errors import AgpnetError
-from agpnet.train import load_checkpoint
+from agpnet.train import autocast, load_checkpoint
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -49,7 +49,7 @@ def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str
     dataset = AnomalyDataset(samples, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
     maps, scores = [], []
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast("auto", device):
         for batch in DataLoader(dataset, batch_size=batch_size):
             out = model.predict(batch["image"].to(device))
             maps.append(out["anomaly_map"].float().cpu())

@@ -69,7 +69,8 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
 def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:
     maps_path = Path(cfg.out_dir) / "maps.npz" if cfg.eval.save_maps else None
     return evaluate(model, test_set, device, batch_size=cfg.eval.eval_batch_size, fpr_limit=cfg.eval.fpr_limit,
-                    maps_path=maps_path, maps_size=cfg.eval.maps_size)
+                    maps_path=maps_path, maps_size=cfg.eval.maps_size, num_workers=cfg.train.num_workers,
+                    amp=cfg.train.amp)
 
 
 def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, device, started: str, epoch: str) -> dict:

@@ -108,10 +108,8 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
         model.decoder.compile()
 
     started = time.perf_counter()
-    workers = cfg.num_workers if cfg.num_workers is not None else (
-        min(4, os.cpu_count() or 1) if device.type == "cuda" else 0)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16,
-                         enabled=cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda"))
+    workers = loader_workers(cfg.num_workers, device)
+    amp = autocast(cfg.amp, device)
     cache = FeatureCache(model, train_set, cfg.batch_size, workers, device, amp) if cfg.cache_features else None
     order = torch.Generator()
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, generator=order,
@@ -161,6 +159,19 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     seconds = time.perf_counter() - started
     model.eval()
     return TrainResult(losses, seconds, n_images / seconds, path)
+
+
+def loader_workers(num_workers: int | None, device: torch.device) -> int:
+    """DataLoader workers: as configured, else min(4, CPUs) on CUDA and 0 (main process) on CPU."""
+    if num_workers is not None:
+        return num_workers
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def autocast(amp: str, device: torch.device) -> torch.autocast:
+    """bf16 autocast for amp="bf16", or for amp="auto" on CUDA; a disabled context otherwise."""
+    enabled = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def seed_epoch(seed: int, epoch: int, order: torch.Generator) -> None:

@@ -195,3 +195,18 @@ def test_synth_command_writes_the_layout(tmp_path):
         == 0
     )
     assert list((tmp_path / "s").glob("*/train/good/*.png"))
+
+
+def test_few_shot_run_records_the_chosen_files(tmp_path, synth_root, tiny_model_fields):
+    from agpnet.run import run_experiment
+
+    cfg = RunConfig.from_flat({"dataset": "mvtec", "root": str(synth_root), "setting": "few-shot", "shots": 2,
+                               "epochs": 1, "batch_size": 2, "weights": "random", "device": "cpu",
+                               "out_dir": str(tmp_path / "fs"), **tiny_model_fields})
+    record = run_experiment(cfg, progress=False)
+    files = record["few_shot_files"]
+    assert set(files) == set(record["categories"]) and all(len(v) == 2 for v in files.values())
+    assert record["n_train"] == 2 * len(files)
+    assert all((Path(synth_root) / f).is_file() for v in files.values() for f in v)
+    on_disk = json.loads((tmp_path / "fs" / "record.json").read_text())
+    assert on_disk["few_shot_files"] == files
