@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--save-maps", action="store_true")
+    ev.add_argument("--resolution", choices=("input", "original"), default="input",
+                    help="compare maps and masks at the model's input size or at each image's original size")
     ev.add_argument("--out", required=True)
     ev.set_defaults(handler=_cmd_eval)
 
@@ -121,7 +123,7 @@ def _cmd_eval(args) -> int:
 
     record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, root=args.root, setting=args.setting,
                                  category=args.category, device=args.device, batch_size=args.batch_size,
-                                 save_maps=args.save_maps, out_dir=args.out)
+                                 save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution)
     _print_metrics(record["metrics"])
     print(f"record: {Path(args.out) / 'record.json'}")
     return 0

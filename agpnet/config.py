@@ -38,8 +38,14 @@ class EvalConfig:
 
     eval_batch_size: int = 16
     fpr_limit: float = 0.3  # AUPRO integration limit
+    eval_resolution: str = "input"  # "input": maps and masks at S x S; "original": at each image's own size
     save_maps: bool = False  # write maps.npz (anomaly maps + attention masks) for the viewer
     maps_size: int = 128  # side length of the maps stored in maps.npz (px)
+
+
+    def __post_init__(self):
+        if self.eval_resolution not in ("input", "original"):
+            raise AgpnetError(f"eval config eval_resolution={self.eval_resolution!r}: expected input or original")
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Evaluate a trained model on a test set: stream batches into the metrics accumulator.
 
-Maps and masks are compared at the model's input resolution (S x S, resize without crop;
-masks nearest-neighbour, binarised > 0), as metrics.md specifies for the default protocol.
+By default maps and masks are compared at the model's input resolution (S x S, resize without
+crop; masks nearest-neighbour, binarised > 0), as metrics.md specifies. With
+resolution="original", each map is bilinearly upsampled to its image's original size and
+compared with the original mask (all images of a category must then share one size).
 """
 
 import time
@@ -11,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from agpnet.atomic import atomic_write
+from agpnet.data import load_mask
+from agpnet.errors import AgpnetError
 from agpnet.metrics import MetricAccumulator
 from agpnet.train import autocast, loader_workers
 
@@ -27,9 +32,12 @@ class EvalResult:
     resolution: str
 
 
+RESOLUTIONS = ("input", "original")
+
+
 def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_limit: float = 0.3,
              maps_path: str | Path | None = None, maps_size: int = 128, num_workers: int | None = None,
-             amp: str = "auto") -> EvalResult:
+             amp: str = "auto", resolution: str = "input") -> EvalResult:
     """Metrics of `model` on `test_set` (an AnomalyDataset). Writes maps.npz when `maps_path` is given.
 
     `amp` and `num_workers` as in TrainConfig (bf16 autocast and loader workers on CUDA by default);
@@ -47,7 +55,12 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
             masks = batch["mask"].to(device, non_blocking=True)
             out = model.predict(images)
             size = images.shape[-1]
-            accumulator.add(batch["category"], out["score"], batch["label"], out["anomaly_map"], masks)
+            if resolution == "original":
+                for i, index in enumerate(batch["index"].tolist()):
+                    amap, mask = _at_original_size(out["anomaly_map"][i], test_set.samples[index])
+                    accumulator.add(batch["category"][i], out["score"][i:i + 1], batch["label"][i:i + 1], amap, mask)
+            else:
+                accumulator.add(batch["category"], out["score"], batch["label"], out["anomaly_map"], masks)
             if keep is not None:
                 keep.add(batch, out, model.attention_masks(images, progress=1.0))
     metrics = accumulator.compute(fpr_limit=fpr_limit)
@@ -57,8 +70,26 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
     if keep is not None:
         keep.save(maps_path)
     n = len(test_set)
+    described = (f"original image resolution (maps upsampled bilinearly from the {size}x{size} px input)"
+                 if resolution == "original" else f"input resolution {size}x{size} px (resize, no crop)")
     return EvalResult(metrics=metrics, n_images=n, seconds=seconds, images_per_second=n / max(seconds, 1e-9),
-                      resolution=f"input resolution {size}x{size} px (resize, no crop)")
+                      resolution=described)
+
+
+def _at_original_size(anomaly_map: torch.Tensor, sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1,H,W) map upsampled to the sample's original image size and its (1,H,W) original mask."""
+    with Image.open(sample.image) as image:
+        width, height = image.size
+    if sample.mask is None:
+        mask = torch.zeros(1, height, width, dtype=torch.bool)
+    else:
+        mask = torch.from_numpy(load_mask(sample.mask) > 0)[None]
+        if mask.shape[-2:] != (height, width):
+            raise AgpnetError(f"{sample.mask}: mask is {mask.shape[-1]}x{mask.shape[-2]} px; "
+                              f"expected the size of its image {sample.image} ({width}x{height} px)")
+    upsampled = F.interpolate(anomaly_map[None, None].float(), size=(height, width), mode="bilinear",
+                              align_corners=False)[0]
+    return upsampled, mask.to(anomaly_map.device)
 
 
 class _MapStore:

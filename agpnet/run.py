@@ -48,14 +48,14 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
 
 def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str = "multi-class",
                         category: str | None = None, device: str = "auto", batch_size: int = 16,
-                        save_maps: bool = False, out_dir: str = "runs/eval") -> dict:
+                        save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input") -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record."""
     started = _now()
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, torch_device)
     cfg = RunConfig(model=model.cfg, device=device, out_dir=str(out_dir))
     cfg.data.dataset, cfg.data.root, cfg.data.setting, cfg.data.category = dataset, str(root), setting, category
-    cfg.eval.eval_batch_size, cfg.eval.save_maps = batch_size, save_maps
+    cfg.eval.eval_batch_size, cfg.eval.save_maps, cfg.eval.eval_resolution = batch_size, save_maps, resolution
     split = load_split(dataset, root, setting, category=category)
     test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
     result = _evaluate(model, test_set, torch_device, cfg)
@@ -70,7 +70,7 @@ def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:
     maps_path = Path(cfg.out_dir) / "maps.npz" if cfg.eval.save_maps else None
     return evaluate(model, test_set, device, batch_size=cfg.eval.eval_batch_size, fpr_limit=cfg.eval.fpr_limit,
                     maps_path=maps_path, maps_size=cfg.eval.maps_size, num_workers=cfg.train.num_workers,
-                    amp=cfg.train.amp)
+                    amp=cfg.train.amp, resolution=cfg.eval.eval_resolution)
 
 
 def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, device, started: str, epoch: str) -> dict:
