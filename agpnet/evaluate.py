@@ -27,7 +27,7 @@ from agpnet.train import autocast, loader_workers
 class EvalResult:
     metrics: dict  # {category: {7 metrics + "mad"}, "mean": {...}}, fractions in [0, 1]
     n_images: int
-    seconds: float
+    seconds: float  # the evaluation loop (model, map collection), without the metrics' computation
     images_per_second: float
     resolution: str
 
@@ -52,7 +52,6 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
     with torch.inference_mode(), autocast(amp, device):
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
             out = model.predict(images)
             size = images.shape[-1]
             if resolution == "original":
@@ -60,13 +59,13 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
                     amap, mask = _at_original_size(out["anomaly_map"][i], test_set.samples[index])
                     accumulator.add(batch["category"][i], out["score"][i:i + 1], batch["label"][i:i + 1], amap, mask)
             else:
-                accumulator.add(batch["category"], out["score"], batch["label"], out["anomaly_map"], masks)
+                accumulator.add(batch["category"], out["score"], batch["label"], out["anomaly_map"], batch["mask"])
             if keep is not None:
                 keep.add(batch, out, model.attention_masks(images, progress=1.0))
-    metrics = accumulator.compute(fpr_limit=fpr_limit)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start  # the model's loop (with maps.npz collection when asked)
+    metrics = accumulator.compute(fpr_limit=fpr_limit)
     if keep is not None:
         keep.save(maps_path)
     n = len(test_set)

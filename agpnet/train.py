@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 import agpnet
@@ -111,9 +111,11 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     workers = loader_workers(cfg.num_workers, device)
     amp = autocast(cfg.amp, device)
     cache = FeatureCache(model, train_set, cfg.batch_size, workers, device, amp) if cfg.cache_features else None
-    order = torch.Generator()
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, generator=order,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    order = torch.Generator()  # the shuffle alone draws from it: the order does not depend on workers
+    worker_seeds = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=RandomSampler(train_set, generator=order),
+                        num_workers=workers, generator=worker_seeds, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0)
     steps = len(loader)
     decay_epoch = round(cfg.lr_decay_at * cfg.epochs)
     saved = start_epoch if start_epoch else None  # epoch of the checkpoint on disk from this run

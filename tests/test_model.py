@@ -249,3 +249,20 @@ def test_predict_map_is_higher_where_the_input_is_corrupted(tiny_model_fields):
     inside = out_bad["anomaly_map"][:, 16:40, 16:40].mean(dim=(1, 2))
     outside = out_bad["anomaly_map"][:, 48:, 48:].mean(dim=(1, 2))
     assert (inside > outside).all()
+
+
+def test_loss_targets_the_clean_features_per_token(tiny_model_fields):
+    """(L_feat + L_img,feat) / 2, both against the CLEAN image's F_clean, squared error summed over
+    channels and averaged over tokens. Feature noise off (alpha = beta = 0); the image perturbation
+    replaced by a known one."""
+    model = make_model(tiny_model_fields, alpha_max=0.0, beta=0.0)
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    shifted = images + 0.5
+    model.perturb_image = lambda imgs, a_final, progress, generator=None: (shifted, None)
+    loss = model.training_loss(images, progress=1.0)
+    with torch.no_grad():
+        f_clean, _ = model.encode_clean(images)
+        f_shifted, _ = model.encode_clean(shifted)
+        per_token = [(model.decoder(f) - f_clean).pow(2).sum(-1).mean() for f in (f_clean, f_shifted)]
+    torch.testing.assert_close(loss.detach(), (per_token[0] + per_token[1]) / 2)
+    assert not torch.allclose(per_token[0], per_token[1])  # the two branches really differ

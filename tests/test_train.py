@@ -77,8 +77,9 @@ def test_checkpoint_round_trip(tiny_model_fields, tmp_path):
     )  # decayed after 60 %
 
 
-def test_resume_equals_uninterrupted(tiny_model_fields, tmp_path):
-    data, cfg = Stripes(), quick(epochs=3, checkpoint_every=1)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_equals_uninterrupted(tiny_model_fields, tmp_path, workers):
+    data, cfg = Stripes(), quick(epochs=3, checkpoint_every=1, num_workers=workers)
     full = make_model(tiny_model_fields)
     expected = fit(full, data, cfg, tmp_path / "full", "cpu", progress=False)
 

@@ -130,6 +130,7 @@ class AGPNet(nn.Module):
         """Reconstruction loss of one batch at training progress `progress` in [0, 1] (scalar).
 
         clean: optional (F_clean, A_prior) of `images` (the feature cache); computed when None.
+        generator: optional, on the images' device, for reproducible noise.
         Loss = mean of MSE(decoder(F'), F_clean) over the enabled branches: feature-perturbed
         clean features, and features of the image-perturbed image (also feature-perturbed when
         noise_level="both"). noise="none": plain reconstruction of the clean features.
@@ -140,7 +141,7 @@ class AGPNet(nn.Module):
         else:
             f_clean, a_prior = clean[0].float(), clean[1].float()
         if cfg.noise == "none":
-            return F.mse_loss(self.decoder(f_clean).float(), f_clean)
+            return token_mse(self.decoder(f_clean), f_clean)
 
         a_final = self.final_attention(f_clean, a_prior)
         weight = self.noise_weight(a_final)
@@ -156,8 +157,8 @@ class AGPNet(nn.Module):
                     weight = self.noise_weight(self.final_attention(f_image, a_prior_image))
                 f_image = perturb_features(f_image, self.feature_noise(f_image, weight, progress), generator)
             inputs.append(f_image)
-        recon = self.decoder(torch.cat(inputs))
-        return F.mse_loss(recon.float(), f_clean.repeat(len(inputs), 1, 1))
+        recon = self.decoder(torch.cat(inputs))  # both branches in one batch: the mean is (L_feat + L_img,feat) / 2
+        return token_mse(recon, f_clean.repeat(len(inputs), 1, 1))
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -183,7 +184,8 @@ class AGPNet(nn.Module):
     @torch.no_grad()
     def perturbation_preview(self, images: torch.Tensor, progress: float,
                              generator: torch.Generator | None = None) -> dict:
-        """What training does to `images` at `progress`, for the clean-image branch:
+        """What training does to `images` at `progress`, for the clean-image branch (a `generator`,
+        if given, must live on the images' device):
         {"image_perturbed": (B, 3, S, S), "image_mask": (B, S, S) bool, "feature_noise_std": (B, h, w)}."""
         cfg = self.cfg
         b = images.shape[0]
@@ -197,6 +199,12 @@ class AGPNet(nn.Module):
             if cfg.noise_level in ("image", "both"):
                 perturbed, mask = self.perturb_image(images, a_final, progress, generator)
         return {"image_perturbed": perturbed, "image_mask": mask, "feature_noise_std": std}
+
+
+def token_mse(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over channels, averaged over tokens and batch (method.md: MSE
+    normalised by the number of tokens). recon, target (B, N, C) -> scalar, float32."""
+    return (recon.float() - target.float()).pow(2).sum(dim=-1).mean()
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -26,7 +26,8 @@ class DecoderBlock(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         if return_attention:
-            attention = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).float().softmax(dim=-1)
+            logits = (q.float() @ k.float().transpose(-2, -1)) * (c // self.heads) ** -0.5  # fp32 under autocast
+            attention = logits.softmax(dim=-1)
             out = attention.to(v.dtype) @ v
         else:
             attention = None

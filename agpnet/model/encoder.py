@@ -21,17 +21,19 @@ def cls_attention(block: nn.Module, x: torch.Tensor, num_prefix_tokens: int) -> 
     softmax(q_cls . K^T / sqrt(d)) over all T tokens, per head, keeping the patch columns.
     """
     attn = block.attn
-    y = block.norm1(x)
-    b, t, _ = y.shape
-    heads, dim = attn.num_heads, attn.head_dim
-    width = heads * dim
-    weight, bias = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(y[:, :1], weight[:width], None if bias is None else bias[:width])
-    k = F.linear(y, weight[width:2 * width], None if bias is None else bias[width:2 * width])
-    q = attn.q_norm(q.view(b, 1, heads, dim).transpose(1, 2))  # (B, heads, 1, d)
-    k = attn.k_norm(k.view(b, t, heads, dim).transpose(1, 2))  # (B, heads, T, d)
-    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, T)
-    return logits.float().softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
+    with torch.autocast(x.device.type, enabled=False):  # fp32 logits: trained CLS attention is peaked
+        y = block.norm1(x.float())
+        b, t, _ = y.shape
+        heads, dim = attn.num_heads, attn.head_dim
+        width = heads * dim
+        weight, bias = attn.qkv.weight.float(), attn.qkv.bias
+        bias = None if bias is None else bias.float()
+        q = F.linear(y[:, :1], weight[:width], None if bias is None else bias[:width])
+        k = F.linear(y, weight[width:2 * width], None if bias is None else bias[width:2 * width])
+        q = attn.q_norm(q.view(b, 1, heads, dim).transpose(1, 2))  # (B, heads, 1, d)
+        k = attn.k_norm(k.view(b, t, heads, dim).transpose(1, 2))  # (B, heads, T, d)
+        logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, T)
+        return logits.softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
 
 
 class Encoder(nn.Module):
