@@ -25,13 +25,6 @@ def to_png(fig: Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
-    """(3, H, W) normalised model input -> (H, W, 3) in [0, 1] for display."""
-    image = np.asarray(image, dtype=np.float32)
-    image = image * np.asarray(std, dtype=np.float32)[:, None, None] + np.asarray(mean, dtype=np.float32)[:, None, None]
-    return np.clip(image.transpose(1, 2, 0), 0.0, 1.0)
-
-
 def loss_curve(loss_per_epoch, title: str = "training loss") -> Figure:
     """Loss per epoch (a list, or a run record with `loss_per_epoch`)."""
     if isinstance(loss_per_epoch, dict):
@@ -149,36 +142,6 @@ def ablation_plot(long: pd.DataFrame, factor: str, metrics=("I-AUROC", "P-AUROC"
         ax.set(title=metric, ylabel="%", xlabel=factor)
         ax.tick_params(axis="x", labelrotation=20)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def roc_curve_figure(scores, labels, title: str = "image-level ROC") -> Figure:
-    """ROC curve of image scores (labels 1 = defective), with its AUROC in the legend."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores, dtype=float))
-    fig = Figure(figsize=(3.6, 3.4))
-    ax = fig.subplots()
-    ax.plot(fpr, tpr, label=f"AUROC {100 * roc_auc_score(labels, scores):.1f}")
-    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
-def pro_curve_figure(fpr, pro, fpr_limit: float = 0.3, title: str = "PRO curve") -> Figure:
-    """PRO against FPR (from agpnet.metrics.pro_curve), the integration limit shaded."""
-    fpr, pro = np.asarray(fpr, dtype=float), np.asarray(pro, dtype=float)
-    fig = Figure(figsize=(3.6, 3.4))
-    ax = fig.subplots()
-    ax.plot(fpr, pro)
-    inside = fpr <= fpr_limit
-    ax.fill_between(fpr[inside], pro[inside], alpha=0.2)
-    ax.axvline(fpr_limit, color="0.5", linestyle=":", label=f"FPR limit {fpr_limit}")
-    ax.set(xlabel="false positive rate", ylabel="per-region overlap", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
 

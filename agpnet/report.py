@@ -16,11 +16,11 @@ import datetime
 import html
 import os
 import platform
-import tempfile
+import shutil
 from importlib import metadata
 from pathlib import Path
 
-from agpnet.atomic import write_text
+from agpnet.atomic import temp_file_for, write_text
 from agpnet.errors import AgpnetError
 from agpnet.sweep import KERNEL, package_notebook
 from agpnet.tables import load_records
@@ -59,6 +59,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
     if not records:
         raise AgpnetError(f"{runs_dir}: no complete run found (expected run folders with record.json, status complete)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / "tables", ignore_errors=True)  # only this build's exports get linked
     for name in PAGES:
         html_page = render_notebook(package_notebook(f"{name}.ipynb"), out_dir / "notebooks",
                                     {"runs_dir": str(runs_dir), "out_dir": str(out_dir)})
@@ -74,11 +75,9 @@ def render_notebook(notebook: Path, executed_dir: Path, parameters: dict) -> str
     import nbformat
     import papermill
 
-    executed_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{notebook.stem}.", suffix=".ipynb", dir=executed_dir)
-    os.close(fd)
+    tmp = temp_file_for(executed_dir / notebook.name, suffix=".ipynb")
     try:
-        papermill.execute_notebook(str(notebook), tmp, parameters=parameters, kernel_name=KERNEL, progress_bar=False,
+        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL, progress_bar=False,
                                    log_output=False)
     except papermill.PapermillExecutionError as err:
         failed = executed_dir / notebook.name
@@ -86,7 +85,7 @@ def render_notebook(notebook: Path, executed_dir: Path, parameters: dict) -> str
         message = " ".join(f"{err.ename}: {err.evalue}".split())
         raise AgpnetError(f"{notebook.name}: cell {err.exec_count} failed: {message} (executed notebook: {failed})") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, executed_dir / notebook.name)
     return notebook_html(nbformat.read(executed_dir / notebook.name, as_version=4))

@@ -13,6 +13,7 @@ LaTeX (booktabs).
 import html
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,7 +312,11 @@ def _repeat_values(runs: list[dict], category: str) -> list[float] | None:
             return _metric_list(runs[0]["metrics"]["mean"])
         per_category = [_repeat_values(runs, c) for c in _category_order(runs)]
         per_category = [v for v in per_category if v is not None]
-        return list(np.mean(np.array(per_category, dtype=float), axis=0)) if per_category else None
+        if not per_category:
+            return None
+        with warnings.catch_warnings():  # an all-NaN metric stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return list(np.nanmean(np.array(per_category, dtype=float), axis=0))  # as MetricAccumulator's mean
     found = [_metric_list(r["metrics"][category]) for r in runs if category in r["metrics"]]
     return list(np.mean(np.array(found, dtype=float), axis=0)) if found else None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agpnet.data import denormalize, load_rgb
 from agpnet.errors import AgpnetError
 
 MAPS_KEYS = ("anomaly_maps", "masks", "scores", "labels", "paths", "categories", "defects")
@@ -31,17 +32,14 @@ ORDERS = {
 
 @dataclass
 class RunData:
-    """A run folder's record.json (dict) and maps.npz (arrays, see docs/contracts.md)."""
+    """A run folder and its maps.npz arrays (see docs/contracts.md)."""
 
     run_dir: Path
-    record: dict
     maps: dict[str, np.ndarray]
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read record.json and maps.npz of a run folder (the run must have used save_maps=true)."""
-    import json
-
+    """Read maps.npz of a finished run folder (the run must have used save_maps=true)."""
     run_dir = Path(run_dir)
     record_path, maps_path = run_dir / "record.json", run_dir / "maps.npz"
     if not record_path.is_file():
@@ -49,40 +47,25 @@ def load_run(run_dir: str | Path) -> RunData:
     if not maps_path.is_file():
         raise AgpnetError(f"{maps_path}: no maps.npz (run with save_maps=true to use the viewer)")
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
         with np.load(maps_path, allow_pickle=False) as npz:
             maps = {k: npz[k] for k in npz.files}
     except (ValueError, OSError) as err:
-        raise AgpnetError(f"{run_dir}: unreadable record.json or maps.npz ({err})") from None
+        raise AgpnetError(f"{maps_path}: unreadable maps.npz ({err})") from None
     missing = [k for k in MAPS_KEYS if k not in maps]
     if missing:
         raise AgpnetError(f"{maps_path}: missing arrays {', '.join(missing)} (see docs/contracts.md)")
     maps["anomaly_maps"] = maps["anomaly_maps"].astype(np.float32)
-    return RunData(run_dir=run_dir, record=record, maps=maps)
+    return RunData(run_dir=run_dir, maps=maps)
 
 
-def find_image(path: str, run_dir: Path) -> Path | None:
-    """The image file named in maps.npz: as stored, or relative to a folder above the run
-    (paths are stored as the run saw them, often relative to where it was started)."""
-    candidate = Path(path)
-    if candidate.is_file():
-        return candidate
-    if not candidate.is_absolute():
-        for folder in Path(run_dir).resolve().parents:
-            if (folder / candidate).is_file():
-                return folder / candidate
-    return None
-
-
-def load_image(path: str, run_dir: Path, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 image resized to `size`; mid-grey when the file cannot be found."""
+def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 image (maps.npz stores absolute paths) resized to `size`; mid-grey when the
+    file is gone (e.g. the run folder was copied to another machine)."""
     from PIL import Image
 
-    found = find_image(path, run_dir)
-    if found is None:
+    if not Path(path).is_file():
         return np.full((*size, 3), 128, dtype=np.uint8)
-    with Image.open(found) as image:
-        return np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(load_rgb(path).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def pixel_f1(anomaly_map: np.ndarray, mask: np.ndarray, threshold: float) -> float:
@@ -254,7 +237,7 @@ class RunViewer:
 
     def _image(self, i: int) -> np.ndarray:
         if i not in self._images:
-            self._images[i] = load_image(str(self.run.maps["paths"][i]), self.run.run_dir, self.size)
+            self._images[i] = load_image(str(self.run.maps["paths"][i]), self.size)
         return self._images[i]
 
 
@@ -282,7 +265,7 @@ def heatmap_examples(run_dir: str | Path, n_defective: int = 3, n_good: int = 1)
     size = tuple(maps["anomaly_maps"].shape[1:])
     titles = [f"{maps['categories'][i]} / {maps['defects'][i]} / {Path(str(maps['paths'][i])).name}: "
               f"score {float(maps['scores'][i]):.4g}" for i in rows]
-    return heatmap_grid([load_image(str(maps["paths"][i]), run.run_dir, size) for i in rows],
+    return heatmap_grid([load_image(str(maps["paths"][i]), size) for i in rows],
                         [maps["anomaly_maps"][i] for i in rows], [maps["masks"][i] for i in rows], titles,
                         vmin=float(maps["anomaly_maps"].min()), vmax=float(maps["anomaly_maps"].max()))
 
@@ -300,7 +283,6 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
     from agpnet.data import AnomalyDataset, Sample
     from agpnet.environment import resolve_device
     from agpnet.model.perturbation import schedule
-    from agpnet.plots import denormalize
     from agpnet.train import load_checkpoint
 
     run = load_run(run_dir)
@@ -312,13 +294,13 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
     model.eval()
     cfg = model.cfg
     rows = _pick_defective(run.maps, n_images)
-    samples = [Sample(image=find_image(str(run.maps["paths"][i]), run.run_dir) or Path(str(run.maps["paths"][i])),
+    samples = [Sample(image=Path(str(run.maps["paths"][i])),
                       category=str(run.maps["categories"][i]), label=1, defect=str(run.maps["defects"][i]), mask=None)
                for i in rows]
     dataset = AnomalyDataset(samples, image_size=cfg.image_size, mean=model.mean, std=model.std)
     images = torch.stack([dataset[k]["image"] for k in range(len(samples))]).to(device)
     results = [{"title": f"{run.maps['categories'][i]} / {run.maps['defects'][i]} / {Path(str(run.maps['paths'][i])).name}",
-                "image": denormalize(images[k].cpu().numpy(), model.mean, model.std),
+                "image": denormalize(images[k], model.mean, model.std),
                 "anomaly_map": run.maps["anomaly_maps"][i], "mask": run.maps["masks"][i].astype(bool), "stages": []}
                for k, i in enumerate(rows)]
     with torch.inference_mode():
@@ -333,8 +315,7 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
                     "ratio": cfg.mask_ratio_max * schedule(cfg.mask_ratio_schedule, t, cfg.schedule_steps),
                     **{key: None if masks.get(key) is None else masks[key][k].float().cpu().numpy()
                        for key in ATTENTION_KEYS},
-                    "image_perturbed": denormalize(preview["image_perturbed"][k].float().cpu().numpy(), model.mean,
-                                                   model.std),
+                    "image_perturbed": denormalize(preview["image_perturbed"][k], model.mean, model.std),
                     "feature_noise_std": preview["feature_noise_std"][k].float().cpu().numpy(),
                 })
     return results

@@ -115,11 +115,8 @@ def test_heatmap_examples_and_figures(run_dir):
         ),
         "stages": plots.perturbation_stages(image, [dict(stage, progress=0.0), stage], amap, mask),
         "ablation": plots.ablation_plot(long, "noise"),
-        "roc": plots.roc_curve_figure([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]),
-        "pro": plots.pro_curve_figure([0, 0.1, 0.5, 1], [0, 0.6, 0.9, 1]),
     }
     assert len(figures["attention"].axes) >= 8 and len(figures["ablation"].axes) == 2
-    assert figures["roc"].axes[0].get_legend().get_texts()[0].get_text() == "AUROC 75.0"
     for figure in figures.values():
         png = plots.to_png(figure)
         assert png.startswith(PNG) and len(png) > 2000

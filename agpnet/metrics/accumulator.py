@@ -49,9 +49,6 @@ class MetricAccumulator:
             raise AgpnetError(f"map_dtype: expected torch.float16 or torch.float32, got {map_dtype}")
         self.map_dtype = map_dtype
         self._categories: dict[str, _Category] = {}
-        self._image_categories: list[np.ndarray] = []
-        self._image_scores: list[np.ndarray] = []
-        self._image_labels: list[np.ndarray] = []
 
     def add(self, categories: Sequence[str] | str, scores, labels, maps, masks) -> None:
         """categories: B names (or one name for the whole batch); scores (B,) float; labels (B,) 0/1;
@@ -94,9 +91,6 @@ class MetricAccumulator:
             store.labels.append(labels[rows])
             store.maps.append(maps[take])
             store.masks.append(packed[rows])
-        self._image_categories.append(categories)
-        self._image_scores.append(scores)
-        self._image_labels.append(labels)
 
     def compute(self, fpr_limit: float = 0.3) -> dict[str, dict[str, float]]:
         """{category: {7 METRIC_KEYS + "mad"}, "mean": {same keys, mean over categories}}.
@@ -115,16 +109,6 @@ class MetricAccumulator:
             results[name] = metrics
         results["mean"] = _mean_over_categories(results)
         return results
-
-    def per_image(self) -> dict[str, np.ndarray]:
-        """Every added image in order: {"categories": str (N,), "scores": float64 (N,), "labels": int64 (N,)}."""
-        if not self._image_scores:
-            return {"categories": np.zeros(0, str), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)}
-        return {
-            "categories": np.concatenate(self._image_categories),
-            "scores": np.concatenate(self._image_scores),
-            "labels": np.concatenate(self._image_labels),
-        }
 
 
 def _same_backend(parts: list) -> list:
