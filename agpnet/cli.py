@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from agpnet.config import EVAL_RESOLUTIONS
 from agpnet.errors import AgpnetError
 
 EXIT_BAD_INPUT = 2
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args) or 0
     except AgpnetError as err:
         print(f"agpnet: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:  # a folder or file we were told to write to (or read) is not usable
+        where = err.filename or "a file"
+        print(f"agpnet: error: {where}: {err.strerror or err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("agpnet: interrupted", file=sys.stderr)
@@ -43,14 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="evaluate a checkpoint on a dataset, write RUN_DIR/record.json")
     ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--dataset", required=True, choices=("mvtec", "visa", "mvtec3d", "folder"))
     ev.add_argument("--root", required=True)
-    ev.add_argument("--setting", default="multi-class")
+    ev.add_argument("--setting", default="multi-class", choices=("multi-class", "one-class"))
     ev.add_argument("--category")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=_positive_int, default=16)
     ev.add_argument("--save-maps", action="store_true")
-    ev.add_argument("--resolution", choices=("input", "original"), default="input",
+    ev.add_argument("--resolution", choices=EVAL_RESOLUTIONS, default="input",
                     help="compare maps and masks at the model's input size or at each image's original size")
     ev.add_argument("--out", required=True)
     ev.set_defaults(handler=_cmd_eval)
@@ -60,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pr.add_argument("--out", required=True)
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--batch-size", type=_positive_int, default=16)
     pr.set_defaults(handler=_cmd_predict)
 
     sy = commands.add_parser("synth", help="write the synthetic demo dataset (MVTec-AD layout)")
@@ -87,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from agpnet.config import RunConfig, flat_fields
 
@@ -107,11 +119,13 @@ def _show(value) -> str:
 
 def _cmd_run(args) -> int:
     from agpnet.config import RunConfig, flat_fields, load_yaml_config
-    from agpnet.run import run_experiment
 
     values = load_yaml_config(args.config) if args.config else {}
     values.update({k: getattr(args, k) for k in flat_fields() if getattr(args, k, None) is not None})
-    cfg = RunConfig.from_flat(values)
+    cfg = RunConfig.from_flat(values)  # bad fields are reported before torch is even imported
+
+    from agpnet.run import run_experiment
+
     record = run_experiment(cfg, resume=args.resume, progress=not args.quiet)
     _print_metrics(record["metrics"])
     print(f"record: {Path(cfg.out_dir) / 'record.json'}")
@@ -147,16 +161,15 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    import yaml
-
     from agpnet.sweep import run_sweep
+    from agpnet.yamlfile import parse_yaml_value
 
     overrides = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise AgpnetError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=1")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = parse_yaml_value(value, f"--set {key.strip()}")
     summary = run_sweep(args.sweep_file, out=args.out, overrides=overrides, dry_run=args.dry_run,
                         retry_failed=args.retry_failed)
     return 1 if summary.get("failed") else 0

@@ -13,12 +13,125 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from agpnet.errors import AgpnetError
-from agpnet.model import AGPNetConfig
-from agpnet.train import TrainConfig
-from agpnet.yamlfile import read_yaml_mapping
+from agpnet.yamlfile import parse_yaml_value, read_yaml_mapping
+
+CHOICES = {
+    "noise": ("none", "uniform", "attention"),
+    "noise_level": ("image", "feature", "both"),
+    "attention": ("prior", "learn", "both"),
+    "alpha_schedule": ("constant", "linear", "cosine", "step"),
+    "mask_ratio_schedule": ("constant", "linear", "cosine", "step"),
+    "feature_noise_scale": ("token_norm", "unit"),
+    "image_branch_attention": ("clean", "perturbed"),
+    "score": ("max", "pooled-max"),
+}
+
+
+@dataclass
+class AGPNetConfig:
+    """Every setting of the model and its perturbation branch. [paper]: arXiv 2408.07490;
+    [default]: our choice where the paper is silent (docs/method.md, README)."""
+
+
+    # Encoder: a frozen timm ViT.
+    backbone: str = "vit_small_patch16_224.dino"  # [paper] DINO ViT-S/16
+    backbone_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
+    image_size: int = 256  # [default] input side (px); 256 -> 16x16 tokens with patch 16
+    blocks: tuple[int, ...] = (3, 6, 9, 12)  # [default] tapped encoder blocks, 1-indexed
+    init_seed: int = 0  # [default] seed of the decoder init (and of a random encoder)
+
+    # Decoder: a small ViT over the token grid, width = encoder width.
+    decoder_depth: int = 4  # [default]
+    decoder_heads: int = 6  # [default]
+    decoder_mlp_ratio: float = 4.0  # [default]
+
+    # Perturbation branch (training only).
+    noise: str = "attention"  # [paper] none | uniform | attention (ablation 1)
+    noise_level: str = "both"  # [paper] image | feature | both (ablation 1)
+    attention: str = "both"  # [paper] A_prior only | A_learn only | both (ablation 6)
+    ema_decoder: bool = True  # [paper] A_learn from an EMA copy of the decoder (ablation 4)
+    ema_decay: float = 0.999  # [default] eta
+    alpha_max: float = 20.0  # [default] attention weight of the feature noise at the end of training
+    alpha_schedule: str = "linear"  # [paper] linear increase (ablation 5)
+    schedule_steps: int = 4  # [default] number of levels of the "step" schedules
+    beta: float = 1.0  # [default] attention-independent part of the feature noise
+    feature_noise_scale: str = "token_norm"  # [default] E ~ N(0,1) * ||f||_2 / C per token ("unit": no scaling)
+    mask_ratio_max: float = 0.5  # [default] image noise: fraction of pixels masked at the end of training
+    mask_ratio_schedule: str = "linear"  # [paper] the mask ratio grows over training
+    image_noise_std: float = 0.2  # [default] Gaussian noise std inside the mask (normalised pixel units)
+    image_branch_attention: str = "clean"  # [default] A_final of the clean image also weights the perturbed one's feature noise
+
+    # Anomaly map and score.
+    smoothing_sigma: float = 4.0  # [default] Gaussian smoothing of the map (px); 0 = off
+    score: str = "max"  # [paper] max of the map; "pooled-max": max of the score_pool average-pooled map
+    score_pool: int = 16  # [default] pooling window (px, stride 1) for score="pooled-max"
+
+    def __post_init__(self):
+        self.blocks = tuple(int(b) for b in self.blocks)
+        self.backbone_kwargs = dict(self.backbone_kwargs)
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise AgpnetError(f"model config {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if not self.blocks or min(self.blocks) < 1 or len(set(self.blocks)) != len(self.blocks):
+            raise AgpnetError(f"model config blocks={self.blocks}: expected distinct 1-indexed block numbers")
+        _check(self.image_size > 0, "image_size", self.image_size, "a positive number of pixels")
+        _check(self.decoder_depth >= 1, "decoder_depth", self.decoder_depth, ">= 1")
+        _check(self.decoder_heads >= 1, "decoder_heads", self.decoder_heads, ">= 1")
+        _check(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "in [0, 1)")
+        _check(0.0 <= self.mask_ratio_max <= 1.0, "mask_ratio_max", self.mask_ratio_max, "in [0, 1]")
+        _check(self.schedule_steps >= 2, "schedule_steps", self.schedule_steps, ">= 2")
+        for name in ("alpha_max", "beta", "image_noise_std", "smoothing_sigma"):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
+        _check(self.score_pool >= 1, "score_pool", self.score_pool, ">= 1")
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists, no tuples) for checkpoints and run records."""
+        d = dataclasses.asdict(self)
+        d["blocks"] = list(self.blocks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AGPNetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AgpnetError(f"model config: unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise AgpnetError(f"model config {name}={value!r}: expected {expected}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the decoder (agpnet.train.fit)."""
+
+
+    epochs: int = 500  # [paper v1] 500 epochs for MVTec-AD
+    batch_size: int = 8
+    lr: float = 1e-4  # at batch size 8; the lr used is lr * batch_size / 8
+    weight_decay: float = 1e-4
+    lr_decay_at: float = 0.8  # fraction of the epochs after which the lr is multiplied by lr_decay_gamma
+    lr_decay_gamma: float = 0.1
+    grad_clip: float = 5.0  # max gradient norm; 0 = off
+    seed: int = 0
+    checkpoint_every: int = 0  # epochs between checkpoints; 0 = at the end only
+    num_workers: int | None = None  # DataLoader workers; None = min(4, CPUs) on CUDA, 0 on CPU
+    amp: str = "auto"  # "auto" (bf16 autocast on CUDA, off on CPU), "bf16" or "off"
+    compile: bool = False  # torch.compile the decoder
+    cache_features: bool = True  # compute clean features + A_prior once and reuse them
+
+    def __post_init__(self):
+        if self.amp not in ("auto", "bf16", "off"):
+            raise AgpnetError(f"train config amp={self.amp!r}: expected auto, bf16 or off")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise AgpnetError(f"train config {name}={getattr(self, name)!r}: expected >= 1")
+        if not 0.0 <= self.lr_decay_at <= 1.0:
+            raise AgpnetError(f"train config lr_decay_at={self.lr_decay_at!r}: expected a fraction in [0, 1]")
 
 
 @dataclass
@@ -30,6 +143,9 @@ class DataConfig:
     setting: str = "multi-class"
     category: str | None = None  # one-class: required; multi-class: optional comma-separated subset
     shots: int | None = None  # few-shot: k normal training images per category
+
+
+EVAL_RESOLUTIONS = ("input", "original")  # maps and masks at S x S, or at each image's own size
 
 
 @dataclass
@@ -44,8 +160,13 @@ class EvalConfig:
 
 
     def __post_init__(self):
-        if self.eval_resolution not in ("input", "original"):
+        if self.eval_resolution not in EVAL_RESOLUTIONS:
             raise AgpnetError(f"eval config eval_resolution={self.eval_resolution!r}: expected input or original")
+        for name in ("eval_batch_size", "maps_size"):
+            if getattr(self, name) < 1:
+                raise AgpnetError(f"eval config {name}={getattr(self, name)!r}: expected >= 1")
+        if not 0.0 < self.fpr_limit <= 1.0:
+            raise AgpnetError(f"eval config fpr_limit={self.fpr_limit!r}: expected a fraction in (0, 1]")
 
 
 @dataclass
@@ -69,9 +190,9 @@ class RunConfig:
         return flat
 
     @classmethod
-    def from_flat(cls, values: dict, base: "RunConfig | None" = None) -> "RunConfig":
-        """A RunConfig from flat `{field: value}` (any section), on top of `base` or the defaults."""
-        flat = (base or cls()).to_flat()
+    def from_flat(cls, values: dict) -> "RunConfig":
+        """A RunConfig from flat `{field: value}` (any section), the others at their defaults."""
+        flat = cls().to_flat()
         known = flat_fields()
         for key, value in values.items():
             key = key.replace("-", "_")
@@ -126,7 +247,7 @@ def _coerce(key: str, value, annotation):
     if isinstance(value, str) and origin in (tuple, list) and not value.lstrip().startswith("["):
         value = value.split(",")  # "3,6,9,12"
     elif isinstance(value, str) and base is not str:
-        value = yaml.safe_load(value)
+        value = parse_yaml_value(value, f"config field {key!r}")
     try:
         if base is bool:
             if not isinstance(value, bool):

@@ -7,6 +7,8 @@ from importlib import metadata
 
 import torch
 
+from agpnet.errors import AgpnetError
+
 PACKAGES = ("agpnet", "torch", "timm", "numpy", "scipy", "scikit-learn", "pandas", "papermill")
 
 
@@ -14,11 +16,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu; anything else as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AgpnetError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        from agpnet.errors import AgpnetError
-
         raise AgpnetError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise AgpnetError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

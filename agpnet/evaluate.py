@@ -32,9 +32,6 @@ class EvalResult:
     resolution: str
 
 
-RESOLUTIONS = ("input", "original")
-
-
 def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_limit: float = 0.3,
              maps_path: str | Path | None = None, maps_size: int = 128, num_workers: int | None = None,
              amp: str = "auto", resolution: str = "input") -> EvalResult:
@@ -88,7 +85,7 @@ def _at_original_size(anomaly_map: torch.Tensor, sample) -> tuple[torch.Tensor, 
                               f"expected the size of its image {sample.image} ({width}x{height} px)")
     upsampled = F.interpolate(anomaly_map[None, None].float(), size=(height, width), mode="bilinear",
                               align_corners=False)[0]
-    return upsampled, mask.to(anomaly_map.device)
+    return upsampled, mask  # the mask stays on the host: the accumulator packs it there
 
 
 class _MapStore:

@@ -12,20 +12,21 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from agpnet.atomic import write_bytes, write_text
-from agpnet.data import AnomalyDataset, Sample, load_rgb
+from agpnet.data import IMAGE_SUFFIXES, AnomalyDataset, Sample, load_rgb
 from agpnet.environment import resolve_device
 from agpnet.errors import AgpnetError
 from agpnet.train import autocast, load_checkpoint
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
-
-def find_images(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the given folders."""
+def find_images(inputs: list[str], skip: Path | None = None) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the given folders; hidden
+    files and anything under `skip` (the output folder) are left out."""
+    skip = skip.resolve() if skip is not None else None
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                            and not p.name.startswith(".") and not (skip and p.resolve().is_relative_to(skip)))
         elif item.is_file():
             found.append(item)
         else:
@@ -42,7 +43,9 @@ def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str
     Overlay colours share one scale over all given images (min..max of their maps), so a
     normal image looks calm next to a defective one.
     """
-    paths = find_images(inputs)
+    out = Path(out_dir)
+    paths = find_images(inputs, skip=out)
+    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     model, _ = load_checkpoint(checkpoint, device)
     samples = [Sample(image=p, category="predict", label=0, defect="unknown", mask=None) for p in paths]
@@ -51,13 +54,12 @@ def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str
     model.eval()
     with torch.inference_mode(), autocast("auto", device):
         for batch in DataLoader(dataset, batch_size=batch_size):
-            out = model.predict(batch["image"].to(device))
-            maps.append(out["anomaly_map"].float().cpu())
-            scores.append(out["score"].float().cpu())
+            predicted = model.predict(batch["image"].to(device))
+            maps.append(predicted["anomaly_map"].float().cpu())
+            scores.append(predicted["score"].float().cpu())
     maps, scores = torch.cat(maps), torch.cat(scores)
     vmin, vmax = float(maps.min()), float(maps.max())
 
-    out = Path(out_dir)
     names = [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)]  # unique even when stems repeat
     for path, name, anomaly_map in zip(paths, names, maps):
         write_bytes(out / f"{name}_overlay.png", overlay_png(load_rgb(path), anomaly_map, vmin, vmax))

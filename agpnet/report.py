@@ -20,6 +20,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
+from agpnet import tables
 from agpnet.atomic import temp_file_for, write_text
 from agpnet.errors import AgpnetError
 from agpnet.sweep import KERNEL, package_notebook
@@ -108,7 +109,7 @@ def notebook_html(nb) -> str:
 def index_html(records: list[dict], runs_dir: Path, out_dir: Path, exports: list[Path]) -> str:
     """The report's front page (every value from the data is escaped)."""
     e = html.escape
-    not_pretrained = [r for r in records if not (r.get("weights") or {}).get("pretrained", False)]
+    not_pretrained = tables.not_pretrained(records)
     sources = sorted({str((r.get("weights") or {}).get("source", "unknown")) for r in records})
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>agpnet report</title>",

@@ -9,9 +9,10 @@ import logging
 from pathlib import Path
 
 from agpnet.atomic import write_json
-from agpnet.config import RunConfig
+from agpnet.config import RunConfig, TrainConfig
 from agpnet.data import AnomalyDataset, load_split
 from agpnet.environment import describe_environment, resolve_device
+from agpnet.errors import AgpnetError
 from agpnet.evaluate import EvalResult, evaluate
 from agpnet.model import build_model
 from agpnet.train import CHECKPOINT_NAME, fit, load_checkpoint
@@ -23,6 +24,9 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     """Train and evaluate one configuration; returns the run record (also in out_dir/record.json)."""
     started = _now()
     out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a new run in an old folder: the old record no longer describes it
+        (out / "record.json").unlink(missing_ok=True)
     device = resolve_device(cfg.device)
     split = load_split(cfg.data.dataset, cfg.data.root, cfg.data.setting, category=cfg.data.category,
                        shots=cfg.data.shots, seed=cfg.train.seed)
@@ -51,19 +55,25 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
                         save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input") -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record."""
     started = _now()
+    out = Path(out_dir)
+    if out.resolve() == Path(checkpoint).resolve().parent:
+        raise AgpnetError(f"--out {out_dir}: that is the checkpoint's own run folder; its record.json would be "
+                          "replaced. Expected another folder")
+    out.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, torch_device)
-    cfg = RunConfig(model=model.cfg, device=device, out_dir=str(out_dir))
+    cfg = RunConfig(model=model.cfg, train=TrainConfig(**meta["train_config"]), weights=meta["weights"],
+                    device=device, out_dir=str(out_dir))
     cfg.data.dataset, cfg.data.root, cfg.data.setting, cfg.data.category = dataset, str(root), setting, category
     cfg.eval.eval_batch_size, cfg.eval.save_maps, cfg.eval.eval_resolution = batch_size, save_maps, resolution
     split = load_split(dataset, root, setting, category=category)
     test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
     result = _evaluate(model, test_set, torch_device, cfg)
-    record = _record(cfg, split, result, meta["weights"], torch_device, started,
-                     epoch=f"checkpoint after epoch {meta.get('epoch')}")
-    record.update(checkpoint=str(checkpoint), loss_per_epoch=meta.get("loss_per_epoch", []))
+    record = _record(cfg, split, result, meta["weights_info"], torch_device, started,
+                     epoch=f"checkpoint after epoch {meta['epoch']}")
+    record.update(checkpoint=str(checkpoint), seed=cfg.train.seed, loss_per_epoch=meta["loss_per_epoch"])
     record["artifacts"]["checkpoint"] = str(checkpoint)
-    return _write(record, Path(out_dir))
+    return _write(record, out)
 
 
 def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:

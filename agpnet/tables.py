@@ -68,6 +68,11 @@ def heading(text: str) -> str:
     return f"<h3>{html.escape(text)}</h3>"
 
 
+def not_pretrained(records: list[dict]) -> list[dict]:
+    """The runs whose encoder did not have pretrained weights (their numbers are not AGPNet results)."""
+    return [r for r in records if not (r.get("weights") or {}).get("pretrained", False)]
+
+
 def load_records(runs_dir: str | Path) -> list[dict]:
     """Every complete run record below `runs_dir` (recursive), sorted by path.
 

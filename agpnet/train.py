@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 import agpnet
 from agpnet.atomic import atomic_write
+from agpnet.config import TrainConfig
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNet, AGPNetConfig
 from agpnet.model.agpnet import assemble, create_backbone, random_backbone, timm_kwargs
@@ -41,32 +42,6 @@ RESUME_FREE_FIELDS = ("num_workers", "checkpoint_every", "compile")
 
 class TrainingDiverged(AgpnetError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 500  # [paper v1] 500 epochs for MVTec-AD
-    batch_size: int = 8
-    lr: float = 1e-4  # at batch size 8; the lr used is lr * batch_size / 8
-    weight_decay: float = 1e-4
-    lr_decay_at: float = 0.8  # fraction of the epochs after which the lr is multiplied by lr_decay_gamma
-    lr_decay_gamma: float = 0.1
-    grad_clip: float = 5.0  # max gradient norm; 0 = off
-    seed: int = 0
-    checkpoint_every: int = 0  # epochs between checkpoints; 0 = at the end only
-    num_workers: int | None = None  # DataLoader workers; None = min(4, CPUs) on CUDA, 0 on CPU
-    amp: str = "auto"  # "auto" (bf16 autocast on CUDA, off on CPU), "bf16" or "off"
-    compile: bool = False  # torch.compile the decoder
-    cache_features: bool = True  # compute clean features + A_prior once and reuse them
-
-    def __post_init__(self):
-        if self.amp not in ("auto", "bf16", "off"):
-            raise AgpnetError(f"train config amp={self.amp!r}: expected auto, bf16 or off")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise AgpnetError(f"train config {name}={getattr(self, name)!r}: expected >= 1")
-        if not 0.0 <= self.lr_decay_at <= 1.0:
-            raise AgpnetError(f"train config lr_decay_at={self.lr_decay_at!r}: expected a fraction in [0, 1]")
 
 
 @dataclass

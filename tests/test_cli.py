@@ -110,11 +110,18 @@ def test_eval_reproduces_the_run_metrics(trained_run, synth_root, tmp_path):
         )
         == 0
     )
-    original = json.loads((trained_run / "record.json").read_text())["metrics"]
-    again = json.loads((out / "record.json").read_text())["metrics"]
-    for category, values in original.items():
+    run_record = json.loads((trained_run / "record.json").read_text())
+    eval_record = json.loads((out / "record.json").read_text())
+    for category, values in run_record["metrics"].items():
         for key, value in values.items():
-            assert again[category][key] == pytest.approx(value, abs=1e-6), (category, key)
+            assert eval_record["metrics"][category][key] == pytest.approx(value, abs=1e-6), (category, key)
+    assert eval_record["weights"] == run_record["weights"]
+    for section in ("model", "train"):
+        assert eval_record["config"][section] == run_record["config"][section]
+    assert eval_record["config"]["weights"] == "random"
+    # evaluating into the checkpoint's own folder would replace its record: refused
+    assert main(["eval", "--checkpoint", str(trained_run / "checkpoint.pt"), "--dataset", "mvtec",
+                 "--root", str(synth_root), "--device", "cpu", "--out", str(trained_run)]) == 2
 
 
 def test_predict_writes_overlays_and_scores(trained_run, synth_root, tmp_path):
@@ -147,22 +154,14 @@ def test_predict_writes_overlays_and_scores(trained_run, synth_root, tmp_path):
 
 def test_config_file_and_flags(tmp_path, synth_root, tiny_model_fields):
     config = tmp_path / "cfg.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "dataset": "mvtec",
-                "root": str(synth_root),
-                "epochs": 5,
-                "weights": "random",
-                "setting": "one-class",
-                "category": "nonexistent",
-                **tiny_model_fields,
-            }
-        )
-    )
-    # the flag overrides the file; the unknown category is then reported as bad input
-    code = main(["run", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "r")])
-    assert code == 2
+    config.write_text(yaml.safe_dump({"dataset": "mvtec", "root": str(synth_root), "epochs": 0, "weights": "random",
+                                      "setting": "one-class", "category": "wood", "batch_size": 4, "device": "cpu",
+                                      **tiny_model_fields}))
+    out = tmp_path / "r"
+    # epochs: 0 in the file is invalid; the flag overrides it
+    assert main(["run", "--config", str(config), "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    record = json.loads((out / "record.json").read_text())
+    assert record["config"]["train"]["epochs"] == 1 and record["categories"] == ["wood"]
 
 
 @pytest.mark.parametrize(
@@ -171,22 +170,40 @@ def test_config_file_and_flags(tmp_path, synth_root, tiny_model_fields):
         (["run", "--root", "/nonexistent/root", "--weights", "random"], "/nonexistent/root"),
         (["run", "--noise", "loud"], "noise"),
         (["run", "--epochs", "many"], "epochs"),
-        (["run", "--no-such-field", "1"], "unrecognized"),
+        (["run", "--epochs", "[1"], "epochs"),
+        (["run", "--eval-batch-size", "0"], "eval_batch_size"),
+        (["run", "--device", "gpu"], "--device gpu"),
         (["run", "--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
-        (["predict", "--checkpoint", "x.pt", "/nonexistent/img.png", "--out", "o"], None),
+        (["run", "--config", "/"], "expected a YAML text file"),
+        (["predict", "--checkpoint", "x.pt", "/nonexistent/img.png", "--out", "o"], "/nonexistent/img.png"),
+        (["eval", "--checkpoint", "/nonexistent.pt", "--dataset", "mvtec", "--root", "/tmp", "--out", "e"],
+         "/nonexistent.pt"),
         (["sweep", "s.yaml", "--set", "epochs"], "KEY=VALUE"),
+        (["sweep", "s.yaml", "--set", "epochs=[1"], "--set epochs"),
+        (["sweep", "/nonexistent/sweep.yaml"], "/nonexistent/sweep.yaml"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "agpnet", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("agpnet: error:") and "\n" not in err and expected in err, err
+
+
+@pytest.mark.parametrize("args", [["run", "--no-such-field", "1"], ["predict", "--checkpoint", "c", "x",
+                                                                      "--out", "o", "--batch-size", "0"]])
+def test_bad_flags_are_argparse_errors(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_the_command_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "agpnet", "run", "--root", "/nonexistent/root"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("agpnet: error: ")
     assert "Traceback" not in proc.stderr
-    assert lines[-1].startswith(("agpnet: error:", "agpnet run: error:", "usage:")) or "error" in lines[-1]
-    if expected:
-        assert expected in proc.stderr
 
 
 def test_synth_command_writes_the_layout(tmp_path):

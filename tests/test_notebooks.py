@@ -27,8 +27,6 @@ def mime_types(path) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A multi-class run on a tiny synthetic dataset, made by the train_eval notebook via a sweep."""
-    for module in ("agpnet.run", "agpnet.train", "agpnet.data.synth", "agpnet.config"):
-        pytest.importorskip(module, reason=f"{module} is not importable yet")
     require_kernel()
     from conftest import TINY_MODEL
 

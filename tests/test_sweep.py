@@ -118,7 +118,6 @@ def test_bad_sweep_files(tmp_path, text, expected):
 
 
 def test_unknown_config_field_fails_before_running(tmp_path):
-    pytest.importorskip("agpnet.config", reason="agpnet.config is not importable yet")
     sweep_file = write_yaml(
         tmp_path / "s.yaml",
         f"""
@@ -230,7 +229,6 @@ def test_killed_sweep_resumes_without_lost_or_repeated_cells(tmp_path, kill):
 
 def test_benchmark_sweep_files_are_valid(tmp_path):
     """Every committed sweep expands to valid RunConfig cells (field names and values)."""
-    pytest.importorskip("agpnet.config", reason="agpnet.config is not importable yet")
     from agpnet.config import RunConfig
 
     expected = {

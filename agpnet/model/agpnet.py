@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agpnet.config import AGPNetConfig
 from agpnet.errors import AgpnetError
-from agpnet.model.config import AGPNetConfig
 from agpnet.model.decoder import Decoder
 from agpnet.model.encoder import Encoder
 from agpnet.model.hub import hub_unavailable_reason
