@@ -114,7 +114,7 @@ def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides:
     if not owns:
         owns = [{}]
 
-    cells, seen_params, seen_names = [], set(), {}
+    cells, seen_params, seen_names = [], set(), set()
     for own in owns:
         own = {k: overrides.get(k, v) for k, v in own.items()}
         params = {**base, **own, **overrides}
@@ -125,7 +125,7 @@ def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides:
         name = cell_name(own)
         if name in seen_names:
             name = f"{name}-{_short_hash(canonical)}"
-        seen_names[name] = True
+        seen_names.add(name)
         cells.append(Cell(name=name, params=params, own=own))
 
     out = out if out is not None else spec.get("out")
@@ -263,10 +263,8 @@ def _declared_parameters(notebook: Path) -> set[str]:
 
 def _check_fields(sweep: Sweep) -> None:
     """With the train_eval notebook, every cell must be a valid RunConfig (typos fail before any run)."""
-    try:
-        from agpnet.config import RunConfig
-    except ImportError:
-        return
+    from agpnet.config import RunConfig
+
     for cell in sweep.cells:
         try:
             RunConfig.from_flat(cell.params)
@@ -275,11 +273,11 @@ def _check_fields(sweep: Sweep) -> None:
 
 
 def _write_error(cell_dir: Path, cell: Cell, notebook: Path, message: str, trace: list[str], where: dict) -> None:
-    log.warning("sweep cell %s failed: %s (details: %s)", cell.name, " ".join(_ANSI.sub("", message).split()),
-                cell_dir / "error.json")
+    message = " ".join(_ANSI.sub("", message).split())
+    log.warning("sweep cell %s failed: %s (details: %s)", cell.name, message, cell_dir / "error.json")
     write_json(cell_dir / "error.json", {
         "cell": cell.name,
-        "message": " ".join(_ANSI.sub("", message).split()),
+        "message": message,
         "traceback": [_ANSI.sub("", line) for line in trace],
         "notebook": str(notebook),
         "params": cell.params,

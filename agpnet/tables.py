@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from agpnet.atomic import write_text
+from agpnet.config import SECTIONS
 from agpnet.errors import AgpnetError
 from agpnet.published import DATASET_CATEGORIES, published_rows
 
@@ -100,7 +101,7 @@ def run_fields(record: dict) -> dict:
     with dataset, setting and seed from the record. Lists become tuples (hashable)."""
     flat = {}
     for name, value in record["config"].items():
-        if isinstance(value, dict) and name in ("data", "model", "train", "eval"):
+        if isinstance(value, dict) and name in SECTIONS:
             flat.update(value)
         else:
             flat[name] = value
