@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from agpnet.atomic import atomic_write
 from agpnet.data import load_mask
-from agpnet.errors import AgpnetError
+from agpnet.data.readers import image_size
 from agpnet.metrics import MetricAccumulator
 from agpnet.train import autocast, loader_workers
 
@@ -73,16 +72,13 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
 
 
 def _at_original_size(anomaly_map: torch.Tensor, sample) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1,H,W) map upsampled to the sample's original image size and its (1,H,W) original mask."""
-    with Image.open(sample.image) as image:
-        width, height = image.size
+    """(1,H,W) map upsampled to the sample's original image size and its (1,H,W) original mask
+    (the readers have already checked that mask and image sizes agree)."""
+    width, height = image_size(sample.image)
     if sample.mask is None:
         mask = torch.zeros(1, height, width, dtype=torch.bool)
     else:
         mask = torch.from_numpy(load_mask(sample.mask) > 0)[None]
-        if mask.shape[-2:] != (height, width):
-            raise AgpnetError(f"{sample.mask}: mask is {mask.shape[-1]}x{mask.shape[-2]} px; "
-                              f"expected the size of its image {sample.image} ({width}x{height} px)")
     upsampled = F.interpolate(anomaly_map[None, None].float(), size=(height, width), mode="bilinear",
                               align_corners=False)[0]
     return upsampled, mask  # the mask stays on the host: the accumulator packs it there
