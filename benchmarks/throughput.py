@@ -50,7 +50,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--backbone", default="vit_small_patch16_224.dino")
     parser.add_argument("--backbone-kwargs", type=json.loads, default={}, help="JSON for timm.create_model")
     parser.add_argument("--blocks", default="3,6,9,12", help="tapped encoder blocks, e.g. 1,2 for a 2-block ViT")
+    parser.add_argument("--decoder-depth", type=int, default=4)
     parser.add_argument("--decoder-heads", type=int, default=6)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and the decoders")
     parser.add_argument("--iters", type=int, default=10, help="rounds; each times every function once")
     parser.add_argument("--repeat", type=int, default=1, help="calls per function per round")
     parser.add_argument("--warmup", type=int, default=2)
@@ -58,10 +60,14 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     cfg = AGPNetConfig(backbone=args.backbone, backbone_kwargs=args.backbone_kwargs, image_size=args.image_size,
-                       blocks=tuple(int(b) for b in args.blocks.split(",")), decoder_heads=args.decoder_heads)
+                       blocks=tuple(int(b) for b in args.blocks.split(",")), decoder_depth=args.decoder_depth,
+                       decoder_heads=args.decoder_heads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights on purpose
         model, _ = build_model(cfg, "random", device)
+    if args.compile:
+        for module in (model.encoder, model.decoder, model.decoder_ema):
+            module.compile()
     b = args.batch_size
     images = torch.randn(b, 3, args.image_size, args.image_size, device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -119,7 +125,8 @@ def main(argv=None) -> dict:
         "train_step_over_parts": t_train / sum(t_parts.values()),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
     }
-    print(f"{args.backbone} at {args.image_size} px, batch {b}, {args.iters} rounds (medians), device {result['device']}")
+    print(f"{args.backbone} at {args.image_size} px, decoder depth {args.decoder_depth}, batch {b}, "
+          f"{args.iters} rounds (medians){', compiled' if args.compile else ''}, device {result['device']}")
     print(f"encoder only : {result['encoder_img_s']:9.1f} img/s  ({1000 * t_encoder:.1f} ms/batch)")
     print(f"inference    : {result['infer_img_s']:9.1f} img/s  ({1000 * t_infer:.1f} ms/batch), "
           f"{result['infer_ratio']:.3f} x encoder only (goal >= 0.85)")

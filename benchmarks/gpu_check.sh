@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every check that needs a CUDA GPU, in one go (about 5 minutes on an H200):
+#   1. the tests, the CUDA ones included (tests/test_cuda.py and the metrics' CUDA tests);
+#   2. benchmarks/throughput.py: ViT-S at 256 px, batch 8 and 64, decoder depth 4 (default) and 2,
+#      and compiled;
+#   3. benchmarks/metrics_speed.py on the GPU;
+#   4. a real run on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class).
+# Each step has its own time limit and the script goes on when one fails. Everything is logged
+# to $OUT/gpu_check.log (OUT defaults to gpu_check/); the run's record.json is copied there.
+#
+#   PY=.venv/bin/python bash benchmarks/gpu_check.sh
+set -u
+OUT=${OUT:-gpu_check}
+PY=${PY:-python3}
+BUDGET=${BUDGET:-540}  # seconds for the whole script; a step never runs past it
+WORK=$(mktemp -d)
+LOG=$OUT/gpu_check.log
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p "$OUT"
+
+step() {  # step NAME LIMIT_S COMMAND...
+    local name=$1 limit=$2 started=$SECONDS rc
+    shift 2
+    local left=$((BUDGET - SECONDS - 5))
+    if ((left < 10)); then echo "== $name: skipped, out of time" | tee -a "$LOG"; return; fi
+    ((limit > left)) && limit=$left
+    echo "== $name (limit ${limit} s): $*" | tee -a "$LOG"
+    timeout "$limit" "$@" >"$WORK/step.log" 2>&1
+    rc=$?
+    cat "$WORK/step.log" >>"$LOG"
+    tail -n 10 "$WORK/step.log"
+    echo "-- $name: exit $rc after $((SECONDS - started)) s" | tee -a "$LOG"
+}
+
+step environment 30 bash -c "nvidia-smi -L; $PY -c 'import sys, torch, timm, numpy, sklearn; \
+print(sys.version.split()[0], torch.__version__, torch.version.cuda, timm.__version__, numpy.__version__, sklearn.__version__)'"
+step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py \
+    tests/test_accumulator.py tests/test_model.py tests/test_train.py tests/test_perturbation.py tests/test_evaluate.py
+step throughput_b8 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5
+step metrics_speed 90 "$PY" benchmarks/metrics_speed.py --device cuda
+step synth 60 "$PY" -m agpnet synth --out "$WORK/synth" --seed 0
+step run 150 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
+    --device cuda --out "$WORK/run"
+cp "$WORK/run/record.json" "$OUT/record.json" 2>/dev/null
+step throughput_b64 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5
+step throughput_b8_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --decoder-depth 2
+step throughput_b64_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5 --decoder-depth 2
+step throughput_b64_compiled 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5 --compile
+grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl"
+rm -rf "$WORK"
