@@ -121,7 +121,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # epochs between checkpoints; 0 = at the end only
     num_workers: int | None = None  # DataLoader workers; None = min(4, CPUs) on CUDA, 0 on CPU
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA, off on CPU), "bf16" or "off"
-    compile: bool = False  # torch.compile the decoder
+    compile: bool = False  # torch.compile the encoder and the decoders (pays off on long CUDA runs)
     cache_features: bool = True  # compute clean features + A_prior once and reuse them
 
     def __post_init__(self):

@@ -79,8 +79,10 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     if start_epoch >= cfg.epochs:
         model.eval()
         return TrainResult(losses, 0.0, float("nan"), path)
-    if cfg.compile:
-        model.decoder.compile()
+    if cfg.compile:  # in place: parameter names, checkpoints and the EMA update stay the same
+        for module in (model.encoder, model.decoder, model.decoder_ema):
+            if module is not None:
+                module.compile()
 
     started = time.perf_counter()
     workers = loader_workers(cfg.num_workers, device)

@@ -4,11 +4,13 @@
 #   2. benchmarks/throughput.py: ViT-S at 256 px, batch 8 and 64, decoder depth 4 (default) and 2,
 #      and compiled;
 #   3. benchmarks/metrics_speed.py on the GPU;
-#   4. a real run on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class).
+#   4. real runs on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class), plain and
+#      compiled.
 # Each step has its own time limit and the script goes on when one fails. Everything is logged
-# to $OUT/gpu_check.log (OUT defaults to gpu_check/); the run's record.json is copied there.
+# to $OUT/gpu_check.log (OUT defaults to gpu_check/); the runs' records are copied there.
 #
 #   PY=.venv/bin/python bash benchmarks/gpu_check.sh
+#   STEPS="synth run_compiled" bash benchmarks/gpu_check.sh     # only these steps
 set -u
 OUT=${OUT:-gpu_check}
 PY=${PY:-python3}
@@ -21,6 +23,7 @@ mkdir -p "$OUT"
 step() {  # step NAME LIMIT_S COMMAND...
     local name=$1 limit=$2 started=$SECONDS rc
     shift 2
+    if [[ -n ${STEPS:-} && " $STEPS " != *" $name "* ]]; then return; fi
     local left=$((BUDGET - SECONDS - 5))
     if ((left < 10)); then echo "== $name: skipped, out of time" | tee -a "$LOG"; return; fi
     ((limit > left)) && limit=$left
@@ -42,9 +45,15 @@ step synth 60 "$PY" -m agpnet synth --out "$WORK/synth" --seed 0
 step run 150 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
     --device cuda --out "$WORK/run"
 cp "$WORK/run/record.json" "$OUT/record.json" 2>/dev/null
+step run_compiled 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
+    --device cuda --compile true --out "$WORK/run_compiled"
+cp "$WORK/run_compiled/record.json" "$OUT/record_compiled.json" 2>/dev/null
 step throughput_b64 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5
 step throughput_b8_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --decoder-depth 2
 step throughput_b64_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5 --decoder-depth 2
 step throughput_b64_compiled 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5 --compile
+step throughput_b8_compiled 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --compile
+step throughput_b8_cudagraphs 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 \
+    --compile reduce-overhead
 grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl"
 rm -rf "$WORK"

@@ -1,6 +1,7 @@
-"""The CUDA path: bf16 autocast, loader workers, pinned memory and the fp16 feature cache train;
-a CUDA checkpoint loads on the CPU and predicts the same maps; a whole run and `agpnet eval`
-work on the GPU and agree with the CPU. Skipped without a CUDA device (CI has none)."""
+"""The CUDA path: bf16 autocast, loader workers, pinned memory, the fp16 feature cache and
+torch.compile (inductor) train; a CUDA checkpoint loads on the CPU and predicts the same maps; a
+whole run works on the GPU and its maps agree with the CPU's. Skipped without a CUDA device (CI
+has none); benchmarks/gpu_check.sh runs them."""
 
 import math
 
@@ -53,3 +54,14 @@ def test_cuda_run_and_eval_agree_with_cpu_eval(synth_root, tiny_model_fields, tm
     for key in ("anomaly_maps", "scores"):  # bf16 on the GPU, fp32 on the CPU
         a, b = gpu[key].astype(np.float64), cpu[key].astype(np.float64)
         assert np.abs(a - b).max() <= 0.03 * np.abs(b).max(), key
+
+
+def test_cuda_compiled_training_saves_a_plain_checkpoint(tiny_model_fields, tmp_path):
+    model = make_model(tiny_model_fields)
+    result = fit(model, Stripes(8), TrainConfig(epochs=2, batch_size=4, compile=True), tmp_path, "cuda",
+                 progress=False)
+    assert all(math.isfinite(v) for v in result.loss_per_epoch)
+    on_cpu, _ = load_checkpoint(result.checkpoint, "cpu")
+    images = Stripes(4, seed=9).images
+    torch.testing.assert_close(model.predict(images.cuda())["score"].cpu(), on_cpu.predict(images)["score"],
+                               rtol=1e-3, atol=1e-4)

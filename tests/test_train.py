@@ -112,6 +112,26 @@ def test_resume_equals_uninterrupted(tiny_model_fields, tmp_path, workers):
     assert again.loss_per_epoch == expected.loss_per_epoch
 
 
+def test_compile_compiles_encoder_and_decoders_in_place(tiny_model_fields, tmp_path, monkeypatch):
+    """compile=True: the same losses as without it and a checkpoint with the plain parameter names.
+    Dynamo with the eager backend here, to stay fast; tests/test_cuda.py runs inductor."""
+    compiled, original = [], torch.nn.Module.compile
+
+    def eager_compile(module, *args, **kwargs):
+        compiled.append(module)
+        original(module, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
+    plain, model = make_model(tiny_model_fields), make_model(tiny_model_fields)
+    expected = fit(plain, Stripes(8), quick(epochs=2), tmp_path / "plain", "cpu", progress=False)
+    result = fit(model, Stripes(8), quick(epochs=2, compile=True), tmp_path / "compiled", "cpu", progress=False)
+    assert compiled == [model.encoder, model.decoder, model.decoder_ema]
+    assert result.loss_per_epoch == pytest.approx(expected.loss_per_epoch, rel=1e-6)
+    loaded, _ = load_checkpoint(result.checkpoint, "cpu")  # strict load: no "_orig_mod." prefixes
+    images = Stripes(4, seed=9).images
+    torch.testing.assert_close(loaded.predict(images)["score"], plain.predict(images)["score"], rtol=1e-5, atol=0)
+
+
 def test_resume_refuses_a_different_setup(tiny_model_fields, tmp_path):
     data = Stripes(8)
     fit(make_model(tiny_model_fields), data, quick(epochs=1), tmp_path, "cpu", progress=False)
