@@ -122,11 +122,14 @@ class TrainConfig:
     num_workers: int | None = None  # DataLoader workers; None = min(4, CPUs) on CUDA, 0 on CPU
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA, off on CPU), "bf16" or "off"
     compile: bool = False  # torch.compile the encoder and the decoders (pays off on long CUDA runs)
+    compile_mode: str = "default"  # torch.compile mode: "default", or "reduce-overhead" (CUDA graphs)
     cache_features: bool = True  # compute clean features + A_prior once and reuse them
 
     def __post_init__(self):
         if self.amp not in ("auto", "bf16", "off"):
             raise AgpnetError(f"train config amp={self.amp!r}: expected auto, bf16 or off")
+        if self.compile_mode not in ("default", "reduce-overhead"):
+            raise AgpnetError(f"train config compile_mode={self.compile_mode!r}: expected default or reduce-overhead")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise AgpnetError(f"train config {name}={getattr(self, name)!r}: expected >= 1")

@@ -37,7 +37,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "agpnet-checkpoint-1"
 SYNC_EVERY = 10  # steps between host syncs (loss check, progress bar)
 # Fields that may change when resuming: they do not change the result.
-RESUME_FREE_FIELDS = ("num_workers", "checkpoint_every", "compile")
+RESUME_FREE_FIELDS = ("num_workers", "checkpoint_every", "compile", "compile_mode")
 
 
 class TrainingDiverged(AgpnetError):
@@ -82,7 +82,7 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     if cfg.compile:  # in place: parameter names, checkpoints and the EMA update stay the same
         for module in (model.encoder, model.decoder, model.decoder_ema):
             if module is not None:
-                module.compile()
+                module.compile(mode=cfg.compile_mode)
 
     started = time.perf_counter()
     workers = loader_workers(cfg.num_workers, device)
@@ -104,6 +104,7 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
                 group["lr"] = cfg.lr * cfg.batch_size / 8 * (cfg.lr_decay_gamma if epoch >= decay_epoch else 1.0)
             step_losses, checked = [], 0
             for i, batch in enumerate(loader):
+                torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs (reduce-overhead): a new step
                 images = batch["image"].to(device, non_blocking=True)
                 clean = cache.get(batch["index"]) if cache is not None else None
                 with amp:

@@ -4,8 +4,8 @@
 #   2. benchmarks/throughput.py: ViT-S at 256 px, batch 8 and 64, decoder depth 4 (default) and 2,
 #      and compiled;
 #   3. benchmarks/metrics_speed.py on the GPU;
-#   4. real runs on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class), plain and
-#      compiled.
+#   4. real runs on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class): plain,
+#      compiled, and compiled with CUDA graphs.
 # Each step has its own time limit and the script goes on when one fails. Everything is logged
 # to $OUT/gpu_check.log (OUT defaults to gpu_check/); the runs' records are copied there.
 #
@@ -48,6 +48,9 @@ cp "$WORK/run/record.json" "$OUT/record.json" 2>/dev/null
 step run_compiled 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
     --device cuda --compile true --out "$WORK/run_compiled"
 cp "$WORK/run_compiled/record.json" "$OUT/record_compiled.json" 2>/dev/null
+step run_cudagraphs 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
+    --device cuda --compile true --compile-mode reduce-overhead --out "$WORK/run_cudagraphs"
+cp "$WORK/run_cudagraphs/record.json" "$OUT/record_cudagraphs.json" 2>/dev/null
 step throughput_b64 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5
 step throughput_b8_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --decoder-depth 2
 step throughput_b64_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5 --decoder-depth 2

@@ -56,10 +56,11 @@ def test_cuda_run_and_eval_agree_with_cpu_eval(synth_root, tiny_model_fields, tm
         assert np.abs(a - b).max() <= 0.03 * np.abs(b).max(), key
 
 
-def test_cuda_compiled_training_saves_a_plain_checkpoint(tiny_model_fields, tmp_path):
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_training_saves_a_plain_checkpoint(tiny_model_fields, tmp_path, mode):
     model = make_model(tiny_model_fields)
-    result = fit(model, Stripes(8), TrainConfig(epochs=2, batch_size=4, compile=True), tmp_path, "cuda",
-                 progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=3, compile=True, compile_mode=mode)  # 8 = 3 + 3 + 2: two shapes
+    result = fit(model, Stripes(8), cfg, tmp_path, "cuda", progress=False)
     assert all(math.isfinite(v) for v in result.loss_per_epoch)
     on_cpu, _ = load_checkpoint(result.checkpoint, "cpu")
     images = Stripes(4, seed=9).images

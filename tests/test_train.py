@@ -118,6 +118,7 @@ def test_compile_compiles_encoder_and_decoders_in_place(tiny_model_fields, tmp_p
     compiled, original = [], torch.nn.Module.compile
 
     def eager_compile(module, *args, **kwargs):
+        assert kwargs == {"mode": "default"}
         compiled.append(module)
         original(module, backend="eager")
 
