@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from agpnet.atomic import atomic_write
 from agpnet.data import load_mask
-from agpnet.data.readers import image_size
+from agpnet.data.imagefile import image_size
 from agpnet.metrics import MetricAccumulator
 from agpnet.train import autocast, loader_workers
 

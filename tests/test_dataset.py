@@ -1,13 +1,24 @@
-"""AnomalyDataset: shapes, dtypes, normalisation, colour conversion, masks, cache."""
+"""AnomalyDataset and image files: shapes, dtypes, normalisation, colour conversion, masks,
+EXIF orientation, cache."""
 
 import numpy as np
 import pytest
 import torch
 from fixtures_data import write_image, write_mask
-from PIL import Image
+from PIL import ExifTags, Image
 from torch.utils.data import DataLoader
 
-from agpnet.data import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, Sample, denormalize, load_rgb
+from agpnet.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AnomalyDataset,
+    Sample,
+    denormalize,
+    image_size,
+    load_mask,
+    load_rgb,
+    read_folder,
+)
 from agpnet.errors import AgpnetError
 
 
@@ -131,3 +142,35 @@ def test_dataloader_batches(tmp_path):
     assert batch["image"].shape == (3, 3, 8, 8) and batch["mask"].shape == (3, 8, 8)
     assert batch["label"].tolist() == [0, 0, 0] and batch["index"].tolist() == [0, 1, 2]
     assert batch["category"] == ["c"] * 3
+
+
+def _rotated_photo(path, pixels):
+    """Save `pixels` with EXIF orientation 6: viewers show them turned 90 degrees clockwise."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.fromarray(pixels).save(path, exif=exif)
+    return path
+
+
+def test_exif_orientation_turns_images_masks_and_sizes_upright(tmp_path):
+    stored = np.zeros((20, 40), np.uint8)  # 40 wide, 20 high, the top-left quarter white
+    stored[:10, :20] = 255
+    upright = np.zeros((40, 20), np.uint8)  # as shown: 20 wide, 40 high, the white quarter top right
+    upright[:20, 10:] = 255
+    for suffix in (".png", ".jpg"):
+        photo = _rotated_photo(tmp_path / f"photo{suffix}", np.stack([stored] * 3, axis=-1))
+        assert image_size(photo) == (20, 40)
+        assert ((np.asarray(load_rgb(photo))[..., 1] > 127) == (upright > 0)).all()
+    assert (load_mask(_rotated_photo(tmp_path / "rotated_mask.png", stored)) == upright).all()
+
+    # A mask drawn on the photo as shown (no EXIF) matches it: the readers accept the pair and
+    # the dataset's mask covers the white quarter.
+    for name in ("good", "spot", "masks"):
+        (tmp_path / name).mkdir()
+    _rotated_photo(tmp_path / "good" / "normal.png", np.zeros((20, 40, 3), np.uint8))
+    _rotated_photo(tmp_path / "spot" / "photo.png", np.stack([stored] * 3, axis=-1))
+    Image.fromarray(upright).save(tmp_path / "masks" / "photo_mask.png")
+    split = read_folder(tmp_path / "good", None, [tmp_path / "spot"], mask_dir=tmp_path / "masks")
+    item = AnomalyDataset(split.test, image_size=8)[0]
+    white = item["image"][1] > 0
+    assert item["mask"].any() and (item["mask"] == white).all()

@@ -3,10 +3,11 @@
     split = load_split("mvtec", "/data/mvtec", "one-class", category="bottle")
     train_set = AnomalyDataset(split.train, image_size=256)
 
-The synthetic demo dataset lives in `agpnet.data.synth` (imported on demand).
+Image files (EXIF orientation applied) are read by `agpnet.data.imagefile`. The synthetic demo dataset lives in `agpnet.data.synth` (imported on demand).
 """
 
-from agpnet.data.dataset import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, denormalize, load_mask, load_rgb
+from agpnet.data.dataset import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, denormalize
+from agpnet.data.imagefile import image_size, load_mask, load_rgb
 from agpnet.data.readers import list_categories, read_category, read_folder
 from agpnet.data.sample import DATASETS, IMAGE_SUFFIXES, SETTINGS, Sample, Split
 from agpnet.data.splits import load_split
@@ -21,6 +22,7 @@ __all__ = [
     "Sample",
     "Split",
     "denormalize",
+    "image_size",
     "list_categories",
     "load_mask",
     "load_rgb",

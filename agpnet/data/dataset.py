@@ -6,7 +6,6 @@ and std. Masks are resized with nearest neighbour and binarised with > 0; good i
 all-False mask.
 """
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,13 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from agpnet.data.imagefile import load_mask, load_rgb
 from agpnet.data.sample import Sample
-from agpnet.errors import AgpnetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class AnomalyDataset(Dataset):
@@ -86,35 +83,6 @@ class AnomalyDataset(Dataset):
         return pixels, np.packbits(np.asarray(mask) > 0)
 
 
-def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode an image as 8-bit RGB (16-bit scaled to 8-bit). `draft_size` lets JPEG decode at a
-    reduced scale that is still at least that size (faster for large photos)."""
-    try:
-        with Image.open(path) as image:
-            if draft_size is not None:
-                image.draft(None, draft_size)
-            image.load()
-            return _to_rgb(image)
-    except _DECODE_ERRORS as err:
-        reason = " ".join(str(err).split())
-        raise AgpnetError(
-            f"{path}: cannot decode image (expected a readable PNG/JPEG/BMP/TIFF): {reason}"
-        ) from err
-
-
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Decode a mask as uint8 (H,W) with 255 where any channel is > 0 (palette: index > 0)."""
-    try:
-        with Image.open(path) as image:
-            values = np.asarray(image)
-    except _DECODE_ERRORS as err:
-        reason = " ".join(str(err).split())
-        raise AgpnetError(f"{path}: cannot decode mask (expected a readable PNG/BMP/TIFF): {reason}") from err
-    if values.ndim == 3:
-        values = values.any(axis=2)
-    return np.where(values > 0, 255, 0).astype(np.uint8)
-
-
 def denormalize(
     image: torch.Tensor | np.ndarray,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -126,14 +94,3 @@ def denormalize(
     image = np.asarray(image, dtype=np.float32)
     rgb = image * np.asarray(std, np.float32)[:, None, None] + np.asarray(mean, np.float32)[:, None, None]
     return np.clip(np.rint(rgb.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I"):  # 16/32-bit integer grayscale: 16-bit range to 8-bit
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-    elif image.mode == "F":  # float grayscale: [0, 1] if it fits, else [0, 255]
-        values = np.asarray(image, dtype=np.float64)
-        values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-    return image.convert("RGB")

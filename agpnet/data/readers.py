@@ -21,8 +21,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from PIL import Image
-
+from agpnet.data.imagefile import image_size
 from agpnet.data.sample import DATASETS, IMAGE_SUFFIXES, Sample, Split
 from agpnet.errors import AgpnetError
 
@@ -107,18 +106,6 @@ def read_folder(
     test.sort(key=lambda s: str(s.image))
     _check_images(train + test)
     return Split(train=train, test=test, categories=[category])
-
-
-def image_size(path: Path, what: str = "image") -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        reason = " ".join(str(err).split())
-        raise AgpnetError(
-            f"{path}: cannot read {what} (expected a PNG/JPEG/BMP/TIFF file): {reason}"
-        ) from err
 
 
 # --- layouts ---------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""Image and mask files: decoding to 8-bit RGB or a binary mask, and the size from the header.
+
+Every reader here applies the EXIF orientation tag (phone and camera photos store the pixels
+unrotated and say how to turn them), so an image, its mask and its size agree with what an
+image viewer shows; OpenCV's imread does the same. The tag is read from the header only: in a
+PNG it counts before the pixel data, where the PNG specification puts the eXIf chunk. Files
+without the tag are unchanged.
+"""
+
+import os
+import struct
+
+import numpy as np
+from PIL import ExifTags, Image
+
+from agpnet.errors import AgpnetError
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# EXIF orientation -> the turn that shows the pixels upright (2-8; 1 = as stored)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_TRANSPOSED = (5, 6, 7, 8)  # the orientations that swap width and height
+
+
+def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied), from the file header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if _orientation(image) in _TRANSPOSED:
+                return height, width
+            return width, height
+    except _DECODE_ERRORS as err:
+        reason = " ".join(str(err).split())
+        raise AgpnetError(f"{path}: cannot read {what} (expected a PNG/JPEG/BMP/TIFF file): {reason}") from err
+
+
+def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image as 8-bit RGB (16-bit scaled to 8-bit), upright. `draft_size` lets JPEG
+    decode at a reduced scale that is still at least that size (faster for large photos)."""
+    try:
+        with Image.open(path) as image:
+            orientation = _orientation(image)
+            if draft_size is not None:
+                image.draft(None, draft_size)
+            image.load()
+            return _to_rgb(_upright(image, orientation))
+    except _DECODE_ERRORS as err:
+        reason = " ".join(str(err).split())
+        raise AgpnetError(f"{path}: cannot decode image (expected a readable PNG/JPEG/BMP/TIFF): {reason}") from err
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Decode a mask as uint8 (H,W), upright, with 255 where any channel is > 0 (palette: index > 0)."""
+    try:
+        with Image.open(path) as image:
+            orientation = _orientation(image)
+            values = np.asarray(_upright(image, orientation))
+    except _DECODE_ERRORS as err:
+        reason = " ".join(str(err).split())
+        raise AgpnetError(f"{path}: cannot decode mask (expected a readable PNG/BMP/TIFF): {reason}") from err
+    if values.ndim == 3:
+        values = values.any(axis=2)
+    return np.where(values > 0, 255, 0).astype(np.uint8)
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation (1-8) from an opened, not yet loaded image; 1 when absent or unreadable."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1  # no eXIf before the pixel data (looking further would decode the image)
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except (struct.error, SyntaxError, ValueError, TypeError):
+        return 1  # a damaged EXIF block: shown as stored, as image viewers do
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """The image turned as `orientation` says; the same image for 1 or an unknown value."""
+    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I"):  # 16/32-bit integer grayscale: 16-bit range to 8-bit
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    elif image.mode == "F":  # float grayscale: [0, 1] if it fits, else [0, 255]
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
