@@ -1,19 +1,45 @@
-"""What a run ran on: package versions, device and machine (for the run record and reports)."""
+"""What a run ran on, and when: package versions, device, machine and timestamps (for the run
+record, sweeps and reports). Torch is imported by the two functions that need it only, so that
+the torch-free commands (sweep, report, --help) start fast."""
 
+from __future__ import annotations
+
+import datetime
 import os
 import platform
 import sys
 from importlib import metadata
-
-import torch
+from typing import TYPE_CHECKING
 
 from agpnet.errors import AgpnetError
+
+if TYPE_CHECKING:
+    import torch
 
 PACKAGES = ("agpnet", "torch", "timm", "numpy", "scipy", "scikit-learn", "pandas", "papermill")
 
 
+def timestamp() -> str:
+    """Local time with its UTC offset, to the second (ISO 8601), e.g. 2026-11-28T20:21:09+00:00."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> str:
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu; anything else as given."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -28,12 +54,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def describe_environment(device: torch.device | None = None) -> dict:
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
+    import torch
+
+    versions = {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}}
     gpu = None
     if device is not None and device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
@@ -41,7 +64,7 @@ def describe_environment(device: torch.device | None = None) -> dict:
         **versions,
         "device": str(device) if device is not None else None,
         "gpu": gpu,
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),

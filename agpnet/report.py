@@ -12,16 +12,15 @@ written atomically; text from the data is HTML-escaped.
     out_dir/tables/<dataset>_<setting>[_<k>shot].{csv,md,tex}, out_dir/notebooks/*.ipynb (executed)
 """
 
-import datetime
 import html
 import os
 import platform
 import shutil
-from importlib import metadata
 from pathlib import Path
 
 from agpnet import tables
 from agpnet.atomic import temp_file_for, write_text
+from agpnet.environment import machine, package_version, timestamp
 from agpnet.errors import AgpnetError
 from agpnet.sweep import KERNEL, package_notebook
 from agpnet.tables import load_records
@@ -116,7 +115,7 @@ def index_html(records: list[dict], runs_dir: Path, out_dir: Path, exports: list
         f"<style>{_CSS}</style></head><body>",
         "<h1>agpnet report</h1>",
         f"<p>{len(records)} complete run(s) under <code>{e(str(runs_dir))}</code>. "
-        f"Report built {e(_now())}.</p>",
+        f"Report built {e(timestamp())}.</p>",
     ]
     if not_pretrained:
         warnings = sorted({str((r.get("weights") or {}).get("warning") or "no warning recorded") for r in not_pretrained})
@@ -167,25 +166,14 @@ def _environment_html(records: list[dict]) -> str:
     runs = "".join(f"<li>{count} run(s): {e(str(m))}, device {e(str(d))}{', GPU ' + e(str(g)) if g else ''}; "
                    f"torch {e(str(t))}, timm {e(str(ti))}, agpnet {e(str(a))}</li>"
                    for (m, d, g, t, ti, a), count in seen.items())
-    versions = ", ".join(f"{e(p)} {e(_version(p))}" for p in VERSIONED)
+    versions = ", ".join(f"{e(p)} {e(package_version(p) or 'not installed')}" for p in VERSIONED)
     return (f"<p>Runs were made on:</p><ul>{runs}</ul>"
-            f"<p>Report built on {e(platform.system())} {e(platform.machine())}, {os.cpu_count()} CPUs, "
+            f"<p>Report built on {e(machine())}, "
             f"Python {e(platform.python_version())}; {versions}.</p>")
 
 
 def _percent(value) -> str:
     return "–" if value is None else f"{100 * float(value):.1f}"
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 _CSS = """

@@ -4,14 +4,13 @@ The run folder holds `record.json` (written last, atomically: its presence with
 status "complete" means the run finished), `checkpoint.pt` and, when asked, `maps.npz`.
 """
 
-import datetime
 import logging
 from pathlib import Path
 
 from agpnet.atomic import write_json
 from agpnet.config import RunConfig, TrainConfig
 from agpnet.data import AnomalyDataset, load_split
-from agpnet.environment import describe_environment, resolve_device
+from agpnet.environment import describe_environment, resolve_device, timestamp
 from agpnet.errors import AgpnetError
 from agpnet.evaluate import EvalResult, evaluate
 from agpnet.model import build_model
@@ -22,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train and evaluate one configuration; returns the run record (also in out_dir/record.json)."""
-    started = _now()
+    started = timestamp()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:  # a new run in an old folder: the old record no longer describes it
@@ -54,7 +53,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
                         category: str | None = None, device: str = "auto", batch_size: int = 16,
                         save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input") -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record."""
-    started = _now()
+    started = timestamp()
     out = Path(out_dir)
     if out.resolve() == Path(checkpoint).resolve().parent:
         raise AgpnetError(f"--out {out_dir}: that is the checkpoint's own run folder; its record.json would be "
@@ -104,10 +103,6 @@ def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, devic
 
 
 def _write(record: dict, out: Path) -> dict:
-    record["finished"] = _now()
+    record["finished"] = timestamp()
     write_json(out / "record.json", record)
     return record
-
-
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")

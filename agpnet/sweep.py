@@ -40,7 +40,6 @@ running. Changing `base` or the overrides does not re-run done cells: use a new 
 keeps two sweeps from running in the same folder at once.
 """
 
-import datetime
 import itertools
 import json
 import logging
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agpnet.atomic import write_json
+from agpnet.environment import timestamp
 from agpnet.errors import AgpnetError
 from agpnet.yamlfile import read_yaml_mapping
 
@@ -281,7 +281,7 @@ def _write_error(cell_dir: Path, cell: Cell, notebook: Path, message: str, trace
         "traceback": [_ANSI.sub("", line) for line in trace],
         "notebook": str(notebook),
         "params": cell.params,
-        "time": _now(),
+        "time": timestamp(),
         **where,
     })
 
@@ -296,7 +296,7 @@ def _write_sweep_json(sweep: Sweep, statuses: dict) -> None:
         "sweep_file": str(sweep.path.resolve()),
         "notebook": str(sweep.notebook),
         "out": str(sweep.out),
-        "updated": _now(),
+        "updated": timestamp(),
         "counts": _counts(statuses),
         "cells": [{"name": c.name, "status": statuses[c.name], "params": c.params} for c in sweep.cells],
     })
@@ -365,8 +365,4 @@ def _short_hash(text: str) -> str:
 def _expect(ok: bool, path: Path, message: str) -> None:
     if not ok:
         raise AgpnetError(f"{path}: {message}")
-
-
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
