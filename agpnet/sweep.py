@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from pathlib import Path
 from agpnet.atomic import write_json
 from agpnet.environment import timestamp
 from agpnet.errors import AgpnetError
+from agpnet.progress import PROGRESS_NAME, read_progress
 from agpnet.yamlfile import read_yaml_mapping
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -209,10 +211,14 @@ def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> s
     parameters = notebook_parameters(cell.params, declared, str(cell_dir))
     final = cell_dir / sweep.notebook.name
     partial = cell_dir / f".partial.{sweep.notebook.name}"
+    (cell_dir / PROGRESS_NAME).unlink(missing_ok=True)  # an earlier attempt's
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_training, args=(cell_dir, cell.name, stop), daemon=True)
+    if progress:
+        follower.start()
     try:
         papermill.execute_notebook(str(sweep.notebook), str(partial), parameters=parameters, kernel_name=KERNEL,
-                                   progress_bar={"desc": cell.name, "leave": False} if progress else False,
-                                   log_output=False)
+                                   progress_bar=False, log_output=False)
     except papermill.PapermillExecutionError as err:
         _keep_notebook(partial, final)
         if err.ename == "KeyboardInterrupt":  # interrupted, not failed: the cell stays pending
@@ -224,6 +230,10 @@ def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> s
         _keep_notebook(partial, final)
         _write_error(cell_dir, cell, final, f"{type(err).__name__}: {err}", traceback.format_exc().splitlines(), {})
         return FAILED
+    finally:
+        stop.set()
+        if follower.is_alive():
+            follower.join()
     _keep_notebook(partial, final)
     if cell_status(cell_dir) != DONE:
         _write_error(cell_dir, cell, final, f"the notebook finished without writing a complete {cell_dir}/record.json",
@@ -316,6 +326,24 @@ def _summary(sweep: Sweep, statuses: dict, ran: list[str]) -> dict:
 def _counts(statuses: dict) -> dict:
     values = list(statuses.values())
     return {status: values.count(status) for status in (DONE, FAILED, PENDING)}
+
+
+def follow_training(run_dir: Path, name: str, stop: threading.Event, file=None, every_s: float = 1.0) -> None:
+    """Show the run's training (its progress.json) as a bar named `name` until `stop` is set."""
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=name, unit="step", position=1, leave=False, file=file) as bar:
+        bar.set_postfix_str("starting the notebook")
+        while not stop.wait(every_s):
+            live = read_progress(run_dir)
+            if live is None:
+                continue
+            bar.total, bar.n = live.get("steps"), live.get("step", 0)
+            if live.get("stage") == "train" and live.get("loss") is not None:
+                bar.set_postfix_str(f"epoch {live.get('epoch')}/{live.get('epochs')}, loss {live['loss']:.4g}, "
+                                    f"{live.get('img_s', 0):.1f} img/s")
+            else:
+                bar.set_postfix_str("training" if live.get("stage") == "train" else "evaluating")
 
 
 def _print_cells(sweep: Sweep, statuses: dict) -> None:

@@ -30,6 +30,7 @@ from agpnet.config import TrainConfig
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNet, AGPNetConfig
 from agpnet.model.agpnet import assemble, create_backbone, random_backbone, timm_kwargs
+from agpnet.progress import ProgressFile
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     decay_epoch = round(cfg.lr_decay_at * cfg.epochs)
     saved = start_epoch if start_epoch else None  # epoch of the checkpoint on disk from this run
     n_images = 0
+    live = ProgressFile(out_dir)
+    live.update(force=True, stage="train", epoch=start_epoch, epochs=cfg.epochs, step=start_epoch * steps,
+                steps=cfg.epochs * steps, loss=None, img_s=None)
     with tqdm(total=(cfg.epochs - start_epoch) * steps, disable=not progress, desc="train", unit="step") as bar:
         for epoch in range(start_epoch, cfg.epochs):
             seed_epoch(cfg.seed, epoch, order)
@@ -128,8 +132,9 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
                             f"{bad + 1}/{steps}; {kept}; try a lower lr, a smaller grad_clip or amp='off'")
                     checked = len(step_losses)
                     bar.update(len(recent))
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(recent[-1]):.4g}",
-                                    img_s=f"{n_images / (time.perf_counter() - started):.1f}")
+                    img_s = n_images / (time.perf_counter() - started)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(recent[-1]):.4g}", img_s=f"{img_s:.1f}")
+                    live.update(epoch=epoch + 1, step=epoch * steps + i + 1, loss=float(recent[-1]), img_s=img_s)
             losses.append(float(torch.stack(step_losses).float().mean()))
             if epoch + 1 == cfg.epochs or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
                 save_checkpoint(path, model, optimizer, cfg, epoch + 1, losses, fingerprint)
@@ -137,6 +142,7 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
+    live.update(force=True, stage="trained")
     model.eval()
     return TrainResult(losses, seconds, n_images / seconds, path)
 

@@ -1,11 +1,13 @@
 """Sweeps: cell expansion and names, dry run, overrides, failures, kill + resume (papermill)."""
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import pytest
 from fixtures_runs import REPO, require_kernel, write_notebook
 
 from agpnet.errors import AgpnetError
-from agpnet.sweep import cell_status, load_sweep, notebook_parameters, run_sweep
+from agpnet.progress import ProgressFile
+from agpnet.sweep import cell_status, follow_training, load_sweep, notebook_parameters, run_sweep
 
 # A tiny notebook: logs each start to `log`, fails when <out>/fail-<n> exists, else writes a record.
 PARAMETERS = 'out_dir = ""\nn = 0\nlog = ""\nconfig = {}'
@@ -261,3 +264,21 @@ def test_benchmark_sweep_files_are_valid(tmp_path):
         "alpha_schedule",
         "attention",
     }
+
+
+def test_training_bar_follows_the_runs_progress_file(tmp_path):
+    out, stop = io.StringIO(), threading.Event()
+    follower = threading.Thread(target=follow_training, args=(tmp_path, "cell-a", stop, out, 0.01))
+    follower.start()
+    time.sleep(0.1)  # no progress.json yet: the notebook is starting
+    ProgressFile(tmp_path).update(stage="train", epoch=2, epochs=3, step=8, steps=12, loss=0.5, img_s=7.25)
+    time.sleep(0.2)
+    ProgressFile(tmp_path).update(stage="trained", epoch=3, epochs=3, step=12, steps=12, loss=0.4, img_s=7.0)
+    time.sleep(0.2)
+    stop.set()
+    follower.join(timeout=5)
+    text = out.getvalue()
+    assert not follower.is_alive()
+    assert "cell-a" in text and "starting the notebook" in text
+    assert "8/12" in text and "epoch 2/3, loss 0.5, 7.2 img/s" in text
+    assert "12/12" in text and "evaluating" in text

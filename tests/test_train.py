@@ -9,6 +9,7 @@ import torch
 
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNetConfig, build_model
+from agpnet.progress import ProgressFile
 from agpnet.train import FeatureCache, TrainConfig, TrainingDiverged, fit, load_checkpoint
 
 
@@ -54,6 +55,22 @@ def test_loss_falls(tiny_model_fields, tmp_path):
     assert result.checkpoint == tmp_path / "checkpoint.pt" and result.checkpoint.is_file()
     assert result.train_seconds > 0 and result.images_per_second > 0
     assert not model.training  # handed back ready for evaluation
+
+
+def test_progress_file_follows_training(tiny_model_fields, tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr("agpnet.progress.write_json", lambda path, obj: written.append((path, obj)))
+    monkeypatch.setattr("agpnet.train.SYNC_EVERY", 1)
+    monkeypatch.setattr("agpnet.train.ProgressFile", lambda run_dir: ProgressFile(run_dir, interval_s=0.0))
+    result = fit(make_model(tiny_model_fields), Stripes(), quick(epochs=2), tmp_path, "cpu", progress=False)
+    assert {path for path, _ in written} == {tmp_path / "progress.json"}
+    states = [obj for _, obj in written]
+    assert states[0]["stage"] == "train" and states[0]["step"] == 0 and states[0]["steps"] == 6
+    assert [s["step"] for s in states[1:-1]] == [1, 2, 3, 4, 5, 6]
+    assert [s["epoch"] for s in states[1:-1]] == [1, 1, 1, 2, 2, 2]
+    assert all(math.isfinite(s["loss"]) and s["img_s"] > 0 for s in states[1:])
+    assert states[-1]["stage"] == "trained" and states[-1]["loss"] == states[-2]["loss"]
+    assert states[-1]["epochs"] == 2 and result.loss_per_epoch
 
 
 def test_checkpoint_round_trip(tiny_model_fields, tmp_path):
