@@ -14,6 +14,7 @@ from agpnet.environment import describe_environment, resolve_device, timestamp
 from agpnet.errors import AgpnetError
 from agpnet.evaluate import EvalResult, evaluate
 from agpnet.model import build_model
+from agpnet.progress import PROGRESS_NAME
 from agpnet.train import CHECKPOINT_NAME, fit, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,9 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     started = timestamp()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:  # a new run in an old folder: the old record no longer describes it
+    if not resume:  # a new run in an old folder: the old record and progress no longer describe it
         (out / "record.json").unlink(missing_ok=True)
+        (out / PROGRESS_NAME).unlink(missing_ok=True)
     device = resolve_device(cfg.device)
     split = load_split(cfg.data.dataset, cfg.data.root, cfg.data.setting, category=cfg.data.category,
                        shots=cfg.data.shots, seed=cfg.train.seed)

@@ -329,21 +329,27 @@ def _counts(statuses: dict) -> dict:
 
 
 def follow_training(run_dir: Path, name: str, stop: threading.Event, file=None, every_s: float = 1.0) -> None:
-    """Show the run's training (its progress.json) as a bar named `name` until `stop` is set."""
+    """Show the run's training (its progress.json) as a bar named `name` until `stop` is set;
+    the bar is redrawn when the progress file changes."""
     from tqdm.auto import tqdm
 
     with tqdm(desc=name, unit="step", position=1, leave=False, file=file) as bar:
         bar.set_postfix_str("starting the notebook")
+        shown = None
         while not stop.wait(every_s):
             live = read_progress(run_dir)
-            if live is None:
+            if live is None or live == shown:
                 continue
-            bar.total, bar.n = live.get("steps"), live.get("step", 0)
-            if live.get("stage") == "train" and live.get("loss") is not None:
-                bar.set_postfix_str(f"epoch {live.get('epoch')}/{live.get('epochs')}, loss {live['loss']:.4g}, "
-                                    f"{live.get('img_s', 0):.1f} img/s")
-            else:
-                bar.set_postfix_str("training" if live.get("stage") == "train" else "evaluating")
+            shown = live
+            try:
+                bar.total, bar.n = int(live["steps"]), int(live["step"])
+                if live["stage"] == "train" and live["loss"] is not None:
+                    bar.set_postfix_str(f"epoch {live['epoch']}/{live['epochs']}, loss {live['loss']:.4g}, "
+                                        f"{live['img_s']:.1f} img/s")
+                else:
+                    bar.set_postfix_str({"train": "training", "trained": "evaluating"}.get(live["stage"], live["stage"]))
+            except (KeyError, TypeError, ValueError):  # not what training writes: show nothing of it
+                continue
 
 
 def _print_cells(sweep: Sweep, statuses: dict) -> None:

@@ -6,8 +6,9 @@
 #   3. benchmarks/metrics_speed.py on the GPU;
 #   4. real runs on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class): plain,
 #      compiled, and compiled with CUDA graphs.
-# Each step has its own time limit and the script goes on when one fails. Everything is logged
-# to $OUT/gpu_check.log (OUT defaults to gpu_check/); the runs' records are copied there.
+# Each step has its own time limit and the script goes on when one fails; it exits 1 if any
+# failed. Everything is logged to $OUT/gpu_check.log (OUT defaults to gpu_check/; earlier
+# results there are removed first); the runs' records are copied there.
 #
 #   PY=.venv/bin/python bash benchmarks/gpu_check.sh
 #   STEPS="synth run_compiled" bash benchmarks/gpu_check.sh     # only these steps
@@ -16,16 +17,19 @@ OUT=${OUT:-gpu_check}
 PY=${PY:-python3}
 BUDGET=${BUDGET:-540}  # seconds for the whole script; a step never runs past it
 WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 LOG=$OUT/gpu_check.log
+FAILED=()
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT"
+rm -f "$LOG" "$OUT"/record*.json "$OUT/throughput.jsonl"
 
 step() {  # step NAME LIMIT_S COMMAND...
     local name=$1 limit=$2 started=$SECONDS rc
     shift 2
     if [[ -n ${STEPS:-} && " $STEPS " != *" $name "* ]]; then return; fi
     local left=$((BUDGET - SECONDS - 5))
-    if ((left < 10)); then echo "== $name: skipped, out of time" | tee -a "$LOG"; return; fi
+    if ((left < 10)); then echo "== $name: skipped, out of time" | tee -a "$LOG"; FAILED+=("$name"); return; fi
     ((limit > left)) && limit=$left
     echo "== $name (limit ${limit} s): $*" | tee -a "$LOG"
     timeout "$limit" "$@" >"$WORK/step.log" 2>&1
@@ -33,6 +37,7 @@ step() {  # step NAME LIMIT_S COMMAND...
     cat "$WORK/step.log" >>"$LOG"
     tail -n 10 "$WORK/step.log"
     echo "-- $name: exit $rc after $((SECONDS - started)) s" | tee -a "$LOG"
+    ((rc == 0)) || FAILED+=("$name")
 }
 
 step environment 30 bash -c "nvidia-smi -L; $PY -c 'import sys, torch, timm, numpy, sklearn; \
@@ -44,13 +49,14 @@ step metrics_speed 90 "$PY" benchmarks/metrics_speed.py --device cuda
 step synth 60 "$PY" -m agpnet synth --out "$WORK/synth" --seed 0
 step run 150 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
     --device cuda --out "$WORK/run"
-cp "$WORK/run/record.json" "$OUT/record.json" 2>/dev/null
+copy_record() { [[ ! -f $1 ]] || cp "$1" "$OUT/$2"; }
+copy_record "$WORK/run/record.json" record.json
 step run_compiled 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
     --device cuda --compile true --out "$WORK/run_compiled"
-cp "$WORK/run_compiled/record.json" "$OUT/record_compiled.json" 2>/dev/null
+copy_record "$WORK/run_compiled/record.json" record_compiled.json
 step run_cudagraphs 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
     --device cuda --compile true --compile-mode reduce-overhead --out "$WORK/run_cudagraphs"
-cp "$WORK/run_cudagraphs/record.json" "$OUT/record_cudagraphs.json" 2>/dev/null
+copy_record "$WORK/run_cudagraphs/record.json" record_cudagraphs.json
 step throughput_b64 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5
 step throughput_b8_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --decoder-depth 2
 step throughput_b64_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5 --decoder-depth 2
@@ -59,4 +65,5 @@ step throughput_b8_compiled 180 "$PY" benchmarks/throughput.py --device cuda --b
 step throughput_b8_cudagraphs 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 \
     --compile reduce-overhead
 grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl"
-rm -rf "$WORK"
+if ((${#FAILED[@]})); then echo "failed: ${FAILED[*]}" | tee -a "$LOG"; exit 1; fi
+echo "all steps passed" | tee -a "$LOG"

@@ -157,7 +157,7 @@ def test_exif_orientation_turns_images_masks_and_sizes_upright(tmp_path):
     stored[:10, :20] = 255
     upright = np.zeros((40, 20), np.uint8)  # as shown: 20 wide, 40 high, the white quarter top right
     upright[:20, 10:] = 255
-    for suffix in (".png", ".jpg"):
+    for suffix in (".png", ".jpg", ".tif"):  # Pillow turns TIFF pixels itself: no second turn
         photo = _rotated_photo(tmp_path / f"photo{suffix}", np.stack([stored] * 3, axis=-1))
         assert image_size(photo) == (20, 40)
         assert ((np.asarray(load_rgb(photo))[..., 1] > 127) == (upright > 0)).all()

@@ -176,7 +176,9 @@ def test_failed_cell_does_not_stop_the_others_and_retry(tmp_path):
     out.mkdir()
     (out / "fail-1").touch()
 
-    summary = run_sweep(sweep_file, overrides={"tag": "x y"}, progress=False)
+    threads = threading.active_count()
+    summary = run_sweep(sweep_file, overrides={"tag": "x y"}, progress=True)  # bars: a follower thread per cell
+    assert threading.active_count() == threads  # each follower stopped, the failed cell's too
     assert [(c["name"], c["status"]) for c in summary["cells"]] == [("n-1", "failed"), ("n-2", "done")]
     assert summary["failed"] == 1 and summary["ran"] == ["n-1", "n-2"]
     error = json.loads((out / "n-1" / "error.json").read_text())

@@ -9,7 +9,7 @@ import torch
 
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNetConfig, build_model
-from agpnet.progress import ProgressFile
+from agpnet.progress import ProgressFile, read_progress
 from agpnet.train import FeatureCache, TrainConfig, TrainingDiverged, fit, load_checkpoint
 
 
@@ -197,6 +197,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_fie
     loaded, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["epoch"] == 2 and all(math.isfinite(v) for v in meta["loss_per_epoch"])
     assert all(torch.isfinite(p).all() for p in loaded.decoder.parameters())
+    assert read_progress(tmp_path)["stage"] == "failed" and read_progress(tmp_path)["epoch"] == 2
+
+
+def test_unwritable_progress_file_does_not_stop_training(tiny_model_fields, tmp_path, monkeypatch, caplog):
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("agpnet.progress.write_json", disk_full)
+    result = fit(make_model(tiny_model_fields), Stripes(), quick(epochs=2), tmp_path, "cpu", progress=False)
+    assert len(result.loss_per_epoch) == 2 and result.checkpoint.is_file()
+    assert sum("progress.json" in r.getMessage() for r in caplog.records) == 1  # said once
 
 
 def test_feature_cache_holds_clean_features_and_prior_attention(tiny_model_fields):

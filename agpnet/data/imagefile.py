@@ -3,8 +3,9 @@
 Every reader here applies the EXIF orientation tag (phone and camera photos store the pixels
 unrotated and say how to turn them), so an image, its mask and its size agree with what an
 image viewer shows; OpenCV's imread does the same. The tag is read from the header only: in a
-PNG it counts before the pixel data, where the PNG specification puts the eXIf chunk. Files
-without the tag are unchanged.
+PNG it counts before the pixel data, where the PNG specification puts the eXIf chunk. Pillow
+turns TIFF pixels itself (and, in newer versions, reports TIFF sizes turned): for TIFF the
+pixels are left to Pillow and the size comes from the tags. Files without the tag are unchanged.
 """
 
 import os
@@ -28,6 +29,8 @@ def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
+            if image.format == "TIFF":  # as stored, whatever this Pillow version reports
+                width, height = image.tag_v2.get(256, width), image.tag_v2.get(257, height)
             if _orientation(image) in _TRANSPOSED:
                 return height, width
             return width, height
@@ -76,8 +79,11 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _upright(image: Image.Image, orientation: int) -> Image.Image:
-    """The image turned as `orientation` says; the same image for 1 or an unknown value."""
-    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+    """The loaded image turned as `orientation` says; the same image for 1, an unknown value or
+    a TIFF (Pillow has turned its pixels while loading)."""
+    if image.format == "TIFF" or orientation not in _UPRIGHT:
+        return image
+    return image.transpose(_UPRIGHT[orientation])
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
