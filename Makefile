@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install test demo bench gpu-check clean-demo
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/metrics_speed.py
 	$(PY) benchmarks/throughput.py
+
+# On a machine with a CUDA GPU: the CUDA tests and every GPU measurement (about 5 min), logs in gpu_check/
+gpu-check: $(STAMP)
+	PY=$(PY) bash benchmarks/gpu_check.sh
 
 clean-demo:
 	rm -rf data/synth runs/demo reports/demo

@@ -1,6 +1,7 @@
 """The `agpnet` command: run, eval, predict, synth, sweep, report.
 
-Bad input (arguments, files, layouts) prints one line `agpnet: error: ...` and exits with 2.
+Bad input (arguments, files, layouts) prints one line `agpnet: error: ...` and exits with 2;
+running out of memory (GPU or CPU) prints one line with what to lower and exits with 3.
 """
 
 import argparse
@@ -12,6 +13,7 @@ from agpnet.config import EVAL_RESOLUTIONS
 from agpnet.errors import AgpnetError
 
 EXIT_BAD_INPUT = 2
+EXIT_OUT_OF_MEMORY = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +29,22 @@ def main(argv: list[str] | None = None) -> int:
         where = err.filename or "a file"
         print(f"agpnet: error: {where}: {err.strerror or err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"agpnet: error: out of memory ({first}); try a smaller --batch-size or --eval-batch-size, "
+              "or a smaller --image-size", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     except KeyboardInterrupt:
         print("agpnet: interrupted", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA), a failed CPU allocation in torch, or Python's MemoryError."""
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(err))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -188,6 +189,32 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path, monkeypatch,
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("agpnet: error:") and "\n" not in err and expected in err, err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79 GiB"),
+     RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 68719476736 bytes"),
+     MemoryError()],
+)
+def test_out_of_memory_is_one_line_and_exit_3(error, synth_root, tmp_path, monkeypatch, capsys):
+    def run_experiment(cfg, resume=False, progress=True):
+        raise error
+
+    monkeypatch.setattr("agpnet.run.run_experiment", run_experiment)
+    assert main(["run", "--root", str(synth_root), "--out", str(tmp_path / "r"), "--quiet"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("agpnet: error: out of memory") and "--batch-size" in err and "\n" not in err, err
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(synth_root, tmp_path, monkeypatch):
+    def run_experiment(cfg, resume=False, progress=True):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr("agpnet.run.run_experiment", run_experiment)
+    with pytest.raises(RuntimeError, match="shapes"):
+        main(["run", "--root", str(synth_root), "--out", str(tmp_path / "r"), "--quiet"])
 
 
 @pytest.mark.parametrize("args", [["run", "--no-such-field", "1"], ["predict", "--checkpoint", "c", "x",

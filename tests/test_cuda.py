@@ -1,8 +1,9 @@
 """The CUDA path: bf16 autocast, loader workers, pinned memory, the fp16 feature cache and
-torch.compile (inductor) train; a CUDA checkpoint loads on the CPU and predicts the same maps; a
-whole run works on the GPU and its maps agree with the CPU's. Skipped without a CUDA device (CI
-has none); benchmarks/gpu_check.sh runs them."""
+torch.compile (inductor, CUDA graphs) train; a CUDA checkpoint loads on the CPU and predicts the
+same maps; a whole run and `agpnet predict` work on the GPU and agree with the CPU. Skipped
+without a CUDA device (CI has none); benchmarks/gpu_check.sh runs them."""
 
+import csv
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from test_train import Stripes, make_model
 
+from agpnet.cli import main
 from agpnet.config import RunConfig
 from agpnet.train import TrainConfig, fit, load_checkpoint
 
@@ -54,6 +56,17 @@ def test_cuda_run_and_eval_agree_with_cpu_eval(synth_root, tiny_model_fields, tm
     for key in ("anomaly_maps", "scores"):  # bf16 on the GPU, fp32 on the CPU
         a, b = gpu[key].astype(np.float64), cpu[key].astype(np.float64)
         assert np.abs(a - b).max() <= 0.03 * np.abs(b).max(), key
+
+    # `agpnet predict` on the GPU gives the CPU's scores (bf16 tolerance).
+    images = str(synth_root / "wood" / "test")
+    scores = {}
+    for device in ("cuda", "cpu"):
+        out = tmp_path / f"predict_{device}"
+        assert main(["predict", "--checkpoint", checkpoint, images, "--out", str(out), "--device", device]) == 0
+        rows = list(csv.DictReader((out / "scores.csv").open()))
+        scores[device] = np.array([float(row["score"]) for row in sorted(rows, key=lambda row: row["image"])])
+    assert len(scores["cuda"]) == len(list((synth_root / "wood" / "test").rglob("*.png")))
+    assert np.abs(scores["cuda"] - scores["cpu"]).max() <= 0.03 * scores["cpu"].max()
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
