@@ -2,11 +2,12 @@
 
 Training writes it (atomically, at most every `interval_s` seconds and at the start and end);
 `agpnet sweep` shows it as a bar under the sweep's own; anyone can read it, e.g.
-`cat runs/x/progress.json` while a papermill job runs. Fields: stage ("train"; then "trained"
-when evaluation starts, or "failed" when training stopped on an error or an interrupt), epoch
-and epochs, step and steps (optimiser steps over the whole run), loss (the latest step's), img_s
-(training images per second so far), updated (timestamp). The file is for watching only: a
-failure to write it is logged once and training goes on.
+`cat runs/x/progress.json` while a papermill job runs. Fields: stage ("features" while the
+clean features are cached, "train", "trained" when evaluation starts, or "failed" when training
+stopped on an error or an interrupt), epoch and epochs, step and steps (optimiser steps over
+the whole run), loss (the latest step's), img_s (training images per second so far), updated
+(timestamp). The file is for watching only: a failure to write it is logged once and training
+goes on.
 """
 
 import json

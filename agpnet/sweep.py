@@ -347,7 +347,8 @@ def follow_training(run_dir: Path, name: str, stop: threading.Event, file=None, 
                     bar.set_postfix_str(f"epoch {live['epoch']}/{live['epochs']}, loss {live['loss']:.4g}, "
                                         f"{live['img_s']:.1f} img/s")
                 else:
-                    bar.set_postfix_str({"train": "training", "trained": "evaluating"}.get(live["stage"], live["stage"]))
+                    bar.set_postfix_str({"features": "computing the clean features", "train": "training",
+                                          "trained": "evaluating"}.get(live["stage"], live["stage"]))
             except (KeyError, TypeError, ValueError):  # not what training writes: show nothing of it
                 continue
 

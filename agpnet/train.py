@@ -88,21 +88,22 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     started = time.perf_counter()
     workers = loader_workers(cfg.num_workers, device)
     amp = autocast(cfg.amp, device)
-    cache = FeatureCache(model, train_set, cfg.batch_size, workers, device, amp) if cfg.cache_features else None
     order = torch.Generator()  # the shuffle alone draws from it: the order does not depend on workers
     worker_seeds = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=RandomSampler(train_set, generator=order),
                         num_workers=workers, generator=worker_seeds, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0)
     steps = len(loader)
+    live = ProgressFile(out_dir)
+    live.update(force=True, stage="features", epoch=start_epoch, epochs=cfg.epochs, step=start_epoch * steps,
+                steps=cfg.epochs * steps, loss=None, img_s=None)
     decay_epoch = round(cfg.lr_decay_at * cfg.epochs)
     saved = start_epoch if start_epoch else None  # epoch of the checkpoint on disk from this run
     n_images = 0
     cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
-    live = ProgressFile(out_dir)
-    live.update(force=True, stage="train", epoch=start_epoch, epochs=cfg.epochs, step=start_epoch * steps,
-                steps=cfg.epochs * steps, loss=None, img_s=None)
     try:
+        cache = FeatureCache(model, train_set, cfg.batch_size, workers, device, amp) if cfg.cache_features else None
+        live.update(force=True, stage="train")
         with tqdm(total=(cfg.epochs - start_epoch) * steps, disable=not progress, desc="train", unit="step") as bar:
             for epoch in range(start_epoch, cfg.epochs):
                 seed_epoch(cfg.seed, epoch, order)

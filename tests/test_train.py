@@ -65,10 +65,11 @@ def test_progress_file_follows_training(tiny_model_fields, tmp_path, monkeypatch
     result = fit(make_model(tiny_model_fields), Stripes(), quick(epochs=2), tmp_path, "cpu", progress=False)
     assert {path for path, _ in written} == {tmp_path / "progress.json"}
     states = [obj for _, obj in written]
-    assert states[0]["stage"] == "train" and states[0]["step"] == 0 and states[0]["steps"] == 6
-    assert [s["step"] for s in states[1:-1]] == [1, 2, 3, 4, 5, 6]
-    assert [s["epoch"] for s in states[1:-1]] == [1, 1, 1, 2, 2, 2]
-    assert all(math.isfinite(s["loss"]) and s["img_s"] > 0 for s in states[1:])
+    assert [s["stage"] for s in states[:2]] == ["features", "train"]
+    assert states[1]["step"] == 0 and states[1]["steps"] == 6 and states[1]["loss"] is None
+    assert [s["step"] for s in states[2:-1]] == [1, 2, 3, 4, 5, 6]
+    assert [s["epoch"] for s in states[2:-1]] == [1, 1, 1, 2, 2, 2]
+    assert all(math.isfinite(s["loss"]) and s["img_s"] > 0 for s in states[2:])
     assert states[-1]["stage"] == "trained" and states[-1]["loss"] == states[-2]["loss"]
     assert states[-1]["epochs"] == 2 and result.loss_per_epoch
 
