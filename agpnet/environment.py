@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agpnet.errors import AgpnetError
@@ -30,6 +32,25 @@ def package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def source_revision(source: Path = PACKAGE_DIR) -> str | None:
+    """The git commit of the agpnet code that runs, with "+dirty" when its checkout has changes;
+    None outside a git checkout (an installed wheel) or without git."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
+                              check=True)
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 def machine() -> str:
@@ -56,7 +77,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def describe_environment(device: torch.device | None = None) -> dict:
     import torch
 
-    versions = {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}}
+    versions = {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES},
+                "agpnet_commit": source_revision()}
     gpu = None
     if device is not None and device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)

@@ -161,11 +161,13 @@ def _environment_html(records: list[dict]) -> str:
     seen = {}
     for record in records:
         env = record.get("environment") or {}
-        key = (env.get("machine"), env.get("device"), env.get("gpu"), env.get("torch"), env.get("timm"), env.get("agpnet"))
+        key = (env.get("machine"), env.get("device"), env.get("gpu"), env.get("torch"), env.get("timm"), env.get("agpnet"),
+               env.get("agpnet_commit"))
         seen[key] = seen.get(key, 0) + 1
     runs = "".join(f"<li>{count} run(s): {e(str(m))}, device {e(str(d))}{', GPU ' + e(str(g)) if g else ''}; "
-                   f"torch {e(str(t))}, timm {e(str(ti))}, agpnet {e(str(a))}</li>"
-                   for (m, d, g, t, ti, a), count in seen.items())
+                   f"torch {e(str(t))}, timm {e(str(ti))}, agpnet {e(str(a))}"
+                   f"{' (commit ' + e(str(c)) + ')' if c else ''}</li>"
+                   for (m, d, g, t, ti, a, c), count in seen.items())
     versions = ", ".join(f"{e(p)} {e(package_version(p) or 'not installed')}" for p in VERSIONED)
     return (f"<p>Runs were made on:</p><ul>{runs}</ul>"
             f"<p>Report built on {e(machine())}, "

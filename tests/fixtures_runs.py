@@ -79,6 +79,7 @@ def write_run(
             "timm": "1.0",
             "numpy": "2",
             "agpnet": "0.1.0",
+            "agpnet_commit": "0123456789abcdef0123456789abcdef01234567",
             "device": "cpu",
             "machine": "Linux x86_64, 2 CPUs",
             "cpu_count": 2,

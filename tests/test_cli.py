@@ -13,6 +13,7 @@ from PIL import Image
 
 from agpnet.cli import main
 from agpnet.config import RunConfig
+from agpnet.environment import source_revision
 from agpnet.metrics import METRIC_KEYS
 
 
@@ -73,6 +74,7 @@ def test_run_writes_a_complete_record(trained_run):
     mean_auroc = sum(record["metrics"][c]["image_auroc"] for c in cats) / len(cats)
     assert record["metrics"]["mean"]["image_auroc"] == pytest.approx(mean_auroc)
     assert record["eval"]["resolution"].startswith("input resolution 64x64")
+    assert record["environment"]["agpnet_commit"] == source_revision()  # which code ran (None outside git)
     # the record's config rebuilds the same run configuration
     assert RunConfig.from_dict(record["config"]).to_dict() == record["config"]
     assert (trained_run / "checkpoint.pt").is_file()

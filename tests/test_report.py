@@ -34,6 +34,7 @@ def test_report_files_and_index(report):
     assert html.escape("backbone weights are random: numbers are not meaningful") in text
     # Machine, versions, date.
     assert "Linux x86_64, 2 CPUs" in text and re.search(r"torch [0-9]", text) and "papermill" in text
+    assert "agpnet 0.1.0 (commit 0123456789abcdef0123456789abcdef01234567)" in text
     assert str(datetime.date.today().year) in text
     assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
 
