@@ -56,9 +56,20 @@ class TrainResult:
 def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device: str | torch.device,
         resume: bool = False, progress: bool = True) -> TrainResult:
     """Train `model`'s decoder on `train_set` (items with "image" (3, S, S) and "index");
-    writes out_dir/checkpoint.pt. resume=True continues from that checkpoint when it exists."""
-    device = torch.device(device)
-    path = Path(out_dir) / CHECKPOINT_NAME
+    writes out_dir/checkpoint.pt and out_dir/progress.json. resume=True continues from that
+    checkpoint when it exists."""
+    live = ProgressFile(out_dir)
+    try:
+        return _fit(model, train_set, cfg, Path(out_dir), torch.device(device), resume, progress, live)
+    except BaseException:  # diverged, interrupted, crashed: the progress file must not look alive
+        if live.fields:
+            live.update(force=True, stage="failed")
+        raise
+
+
+def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torch.device, resume: bool,
+         progress: bool, live: ProgressFile) -> TrainResult:
+    path = out_dir / CHECKPOINT_NAME
     if len(train_set) == 0:
         raise AgpnetError("training set: no images (expected at least one normal training image)")
     model.to(device).train()
@@ -94,58 +105,53 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
                         num_workers=workers, generator=worker_seeds, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0)
     steps = len(loader)
-    live = ProgressFile(out_dir)
     live.update(force=True, stage="features", epoch=start_epoch, epochs=cfg.epochs, step=start_epoch * steps,
                 steps=cfg.epochs * steps, loss=None, img_s=None)
     decay_epoch = round(cfg.lr_decay_at * cfg.epochs)
     saved = start_epoch if start_epoch else None  # epoch of the checkpoint on disk from this run
     n_images = 0
     cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
-    try:
-        cache = FeatureCache(model, train_set, cfg.batch_size, workers, device, amp) if cfg.cache_features else None
-        live.update(force=True, stage="train")
-        with tqdm(total=(cfg.epochs - start_epoch) * steps, disable=not progress, desc="train", unit="step") as bar:
-            for epoch in range(start_epoch, cfg.epochs):
-                seed_epoch(cfg.seed, epoch, order)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * cfg.batch_size / 8 * (cfg.lr_decay_gamma if epoch >= decay_epoch else 1.0)
-                step_losses, checked = [], 0
-                for i, batch in enumerate(loader):
-                    if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
-                        torch.compiler.cudagraph_mark_step_begin()
-                    images = batch["image"].to(device, non_blocking=True)
-                    clean = cache.get(batch["index"]) if cache is not None else None
-                    with amp:
-                        loss = model.training_loss(images, (epoch * steps + i) / (cfg.epochs * steps), clean=clean)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
-                    model.update_ema()
-                    step_losses.append(loss.detach())
-                    n_images += images.shape[0]
-                    if (i + 1) % SYNC_EVERY == 0 or i + 1 == steps:  # one host sync per SYNC_EVERY steps
-                        recent = torch.stack(step_losses[checked:]).float().cpu()
-                        if not torch.isfinite(recent).all():
-                            bad = checked + int((~torch.isfinite(recent)).nonzero()[0, 0])
-                            kept = (f"the checkpoint of epoch {saved} ({path}) is kept" if saved
-                                    else "no checkpoint was written")
-                            raise TrainingDiverged(
-                                f"training diverged: non-finite loss at epoch {epoch + 1}/{cfg.epochs}, step "
-                                f"{bad + 1}/{steps}; {kept}; try a lower lr, a smaller grad_clip or amp='off'")
-                        checked = len(step_losses)
-                        bar.update(len(recent))
-                        img_s = n_images / (time.perf_counter() - started)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{float(recent[-1]):.4g}", img_s=f"{img_s:.1f}")
-                        live.update(epoch=epoch + 1, step=epoch * steps + i + 1, loss=float(recent[-1]), img_s=img_s)
-                losses.append(float(torch.stack(step_losses).float().mean()))
-                if epoch + 1 == cfg.epochs or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
-                    save_checkpoint(path, model, optimizer, cfg, epoch + 1, losses, fingerprint)
-                    saved = epoch + 1
-    except BaseException:  # diverged, interrupted, crashed: the progress file must not look alive
-        live.update(force=True, stage="failed")
-        raise
+    cache = FeatureCache(model, train_set, cfg.batch_size, workers, device, amp) if cfg.cache_features else None
+    live.update(force=True, stage="train")
+    with tqdm(total=(cfg.epochs - start_epoch) * steps, disable=not progress, desc="train", unit="step") as bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            seed_epoch(cfg.seed, epoch, order)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * cfg.batch_size / 8 * (cfg.lr_decay_gamma if epoch >= decay_epoch else 1.0)
+            step_losses, checked = [], 0
+            for i, batch in enumerate(loader):
+                if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
+                images = batch["image"].to(device, non_blocking=True)
+                clean = cache.get(batch["index"]) if cache is not None else None
+                with amp:
+                    loss = model.training_loss(images, (epoch * steps + i) / (cfg.epochs * steps), clean=clean)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                model.update_ema()
+                step_losses.append(loss.detach())
+                n_images += images.shape[0]
+                if (i + 1) % SYNC_EVERY == 0 or i + 1 == steps:  # one host sync per SYNC_EVERY steps
+                    recent = torch.stack(step_losses[checked:]).float().cpu()
+                    if not torch.isfinite(recent).all():
+                        bad = checked + int((~torch.isfinite(recent)).nonzero()[0, 0])
+                        kept = (f"the checkpoint of epoch {saved} ({path}) is kept" if saved
+                                else "no checkpoint was written")
+                        raise TrainingDiverged(
+                            f"training diverged: non-finite loss at epoch {epoch + 1}/{cfg.epochs}, step "
+                            f"{bad + 1}/{steps}; {kept}; try a lower lr, a smaller grad_clip or amp='off'")
+                    checked = len(step_losses)
+                    bar.update(len(recent))
+                    img_s = n_images / (time.perf_counter() - started)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(recent[-1]):.4g}", img_s=f"{img_s:.1f}")
+                    live.update(epoch=epoch + 1, step=epoch * steps + i + 1, loss=float(recent[-1]), img_s=img_s)
+            losses.append(float(torch.stack(step_losses).float().mean()))
+            if epoch + 1 == cfg.epochs or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
+                save_checkpoint(path, model, optimizer, cfg, epoch + 1, losses, fingerprint)
+                saved = epoch + 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
