@@ -91,10 +91,8 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     if start_epoch >= cfg.epochs:
         model.eval()
         return TrainResult(losses, 0.0, float("nan"), path)
-    if cfg.compile:  # in place: parameter names, checkpoints and the EMA update stay the same
-        for module in (model.encoder, model.decoder, model.decoder_ema):
-            if module is not None:
-                module.compile(mode=cfg.compile_mode)
+    if cfg.compile:
+        model.compile_in_place(cfg.compile_mode)
 
     started = time.perf_counter()
     workers = loader_workers(cfg.num_workers, device)

@@ -67,8 +67,7 @@ def main(argv=None) -> dict:
         warnings.simplefilter("ignore")  # random weights on purpose
         model, _ = build_model(cfg, "random", device)
     if args.compile:
-        for module in (model.encoder, model.decoder, model.decoder_ema):
-            module.compile(mode=args.compile)
+        model.compile_in_place(args.compile)
     b = args.batch_size
     images = torch.randn(b, 3, args.image_size, args.image_size, device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -167,6 +167,13 @@ class AGPNet(nn.Module):
             ema, live = list(self.decoder_ema.parameters()), list(self.decoder.parameters())
             torch._foreach_lerp_(ema, live, 1.0 - self.cfg.ema_decay)
 
+    def compile_in_place(self, mode: str = "default") -> None:
+        """torch.compile the encoder, the decoder and the EMA decoder in place (`mode` as in
+        torch.compile): parameter names, checkpoints and the EMA update stay those of the plain model."""
+        for module in (self.encoder, self.decoder, self.decoder_ema):
+            if module is not None:
+                module.compile(mode=mode)
+
     # -- inspection (notebooks, viewer) --------------------------------------------------
     @torch.no_grad()
     def attention_masks(self, images: torch.Tensor, progress: float = 1.0) -> dict:
