@@ -1,4 +1,4 @@
-"""The `agpnet` command: run, eval, predict, synth, sweep, report.
+"""The `agpnet` command: run, eval, predict, synth, sweep, weights, report.
 
 Bad input (arguments, files, layouts) prints one line `agpnet: error: ...` and exits with 2;
 running out of memory (GPU or CPU) prints one line with what to lower and exits with 3.
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file of config fields (flags given here override it)")
     run.add_argument("--out", dest="out_dir", help="run folder (record.json, checkpoint.pt, maps.npz)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/checkpoint.pt")
+    run.add_argument("--overwrite", action="store_true", help="replace a complete run already in RUN_DIR")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(run)
     run.set_defaults(handler=_cmd_run)
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resolution", choices=EVAL_RESOLUTIONS, default="input",
                     help="compare maps and masks at the model's input size or at each image's original size")
     ev.add_argument("--out", required=True)
+    ev.add_argument("--overwrite", action="store_true", help="replace a complete evaluation already in --out")
     ev.set_defaults(handler=_cmd_eval)
 
     pr = commands.add_parser("predict", help="anomaly maps (PNG overlays) and scores (CSV) for new images")
@@ -99,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
     sw.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     sw.set_defaults(handler=_cmd_sweep)
+
+    we = commands.add_parser("weights", help="pretrained encoder weights for machines without internet")
+    weights = we.add_subparsers(dest="weights_command", required=True)
+    dl = weights.add_parser("download", help="save timm's pretrained weights of each backbone into a folder")
+    dl.add_argument("backbones", nargs="+", metavar="BACKBONE", help="timm model name, e.g. vit_small_patch16_224.dino")
+    dl.add_argument("--to", required=True, metavar="DIR", help="the folder to pass later as --weights DIR")
+    dl.set_defaults(handler=_cmd_weights_download)
+    ls = weights.add_parser("list", help="what a weights folder holds, with a sha256 check")
+    ls.add_argument("folder", metavar="DIR")
+    ls.set_defaults(handler=_cmd_weights_list)
 
     rp = commands.add_parser("report", help="HTML report (tables, attention, ablations) over a folder of runs")
     rp.add_argument("runs_dir")
@@ -141,7 +153,7 @@ def _cmd_run(args) -> int:
 
     from agpnet.run import run_experiment
 
-    record = run_experiment(cfg, resume=args.resume, progress=not args.quiet)
+    record = run_experiment(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     _print_metrics(record["metrics"])
     print(f"record: {Path(cfg.out_dir) / 'record.json'}")
     return 0
@@ -152,7 +164,8 @@ def _cmd_eval(args) -> int:
 
     record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, root=args.root, setting=args.setting,
                                  category=args.category, device=args.device, batch_size=args.batch_size,
-                                 save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution)
+                                 save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution,
+                                 overwrite=args.overwrite)
     _print_metrics(record["metrics"])
     print(f"record: {Path(args.out) / 'record.json'}")
     return 0
@@ -188,6 +201,28 @@ def _cmd_sweep(args) -> int:
     summary = run_sweep(args.sweep_file, out=args.out, overrides=overrides, dry_run=args.dry_run,
                         retry_failed=args.retry_failed)
     return 1 if summary.get("failed") else 0
+
+
+def _cmd_weights_download(args) -> int:
+    from agpnet.model.backbone import download_weights
+
+    for manifest in download_weights(args.backbones, args.to):
+        print(f"{manifest['backbone']}: {Path(args.to) / manifest['file']} ({manifest['size'] / 1e6:.1f} MB, "
+              f"sha256 {manifest['sha256'][:12]}...)")
+    print(f"use: --weights {args.to}")
+    return 0
+
+
+def _cmd_weights_list(args) -> int:
+    from agpnet.model.backbone import list_weights
+
+    found = list_weights(args.folder)
+    for manifest in found:
+        state = "ok" if manifest["ok"] else "DAMAGED OR MISSING (sha256 differs): download it again"
+        print(f"{manifest['backbone']:<40} {manifest['file']:<50} {state}")
+    if not found:
+        print(f"{args.folder}: no weights (expected files written by `agpnet weights download`)")
+    return 0
 
 
 def _cmd_report(args) -> int:

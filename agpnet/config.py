@@ -52,6 +52,7 @@ class AGPNetConfig:
     attention: str = "both"  # [paper] A_prior only | A_learn only | both (ablation 6)
     ema_decoder: bool = True  # [paper] A_learn from an EMA copy of the decoder (ablation 4)
     ema_decay: float = 0.999  # [default] eta
+    ema_warmup: bool = True  # [default] eta_t = min(eta, (1 + t) / (10 + t)) at optimiser step t (TF's num_updates)
     alpha_max: float = 20.0  # [default] attention weight of the feature noise at the end of training
     alpha_schedule: str = "linear"  # [paper] linear increase (ablation 5)
     schedule_steps: int = 4  # [default] number of levels of the "step" schedules
@@ -73,6 +74,9 @@ class AGPNetConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise AgpnetError(f"model config {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if "img_size" in self.backbone_kwargs:
+            raise AgpnetError(f"model config backbone_kwargs={self.backbone_kwargs}: img_size is set by the "
+                              "image_size field; remove it from backbone_kwargs")
         if not self.blocks or min(self.blocks) < 1 or len(set(self.blocks)) != len(self.blocks):
             raise AgpnetError(f"model config blocks={self.blocks}: expected distinct 1-indexed block numbers")
         _check(self.image_size > 0, "image_size", self.image_size, "a positive number of pixels")
@@ -146,6 +150,8 @@ class DataConfig:
     setting: str = "multi-class"
     category: str | None = None  # one-class: required; multi-class: optional comma-separated subset
     shots: int | None = None  # few-shot: k normal training images per category
+    fast_jpeg: bool = False  # decode JPEGs in Pillow's draft mode (reduced scale) before the resize: faster, not
+    #                          the full decode published numbers use
 
 
 EVAL_RESOLUTIONS = ("input", "original")  # maps and masks at S x S, or at each image's own size
@@ -178,7 +184,7 @@ class RunConfig:
     model: AGPNetConfig = field(default_factory=AGPNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    weights: str = "hub"  # "hub", "random" or a path to a local weights file
+    weights: str = "hub"  # "hub" (pretrained or stop), "auto" (hub, else random: demo), "random", a file or folder
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     out_dir: str = "runs/run"
 

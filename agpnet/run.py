@@ -4,6 +4,8 @@ The run folder holds `record.json` (written last, atomically: its presence with
 status "complete" means the run finished), `checkpoint.pt` and, when asked, `maps.npz`.
 """
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -20,25 +22,31 @@ from agpnet.train import CHECKPOINT_NAME, fit, load_checkpoint
 log = logging.getLogger(__name__)
 
 
-def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train and evaluate one configuration; returns the run record (also in out_dir/record.json)."""
+def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    """Train and evaluate one configuration; returns the run record (also in out_dir/record.json).
+
+    Everything is checked (data, weights, output folder) before the folder is touched. A folder
+    holding a complete run is only reused with `resume` (continue it) or `overwrite` (replace it)."""
     started = timestamp()
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:  # a new run in an old folder: the old record and progress no longer describe it
-        (out / "record.json").unlink(missing_ok=True)
-        (out / PROGRESS_NAME).unlink(missing_ok=True)
+    check_run_folder(out, resume or overwrite)
     device = resolve_device(cfg.device)
     split = load_split(cfg.data.dataset, cfg.data.root, cfg.data.setting, category=cfg.data.category,
                        shots=cfg.data.shots, seed=cfg.train.seed)
     model, weights_info = build_model(cfg.model, weights=cfg.weights, device=device)
-    size = cfg.model.image_size
-    train_set = AnomalyDataset(split.train, image_size=size, mean=model.mean, std=model.std, cache=True)
-    test_set = AnomalyDataset(split.test, image_size=size, mean=model.mean, std=model.std)
+    size, fast_jpeg = cfg.model.image_size, cfg.data.fast_jpeg
+    train_set = AnomalyDataset(split.train, image_size=size, mean=model.mean, std=model.std, cache=True,
+                               fast_jpeg=fast_jpeg)
+    test_set = AnomalyDataset(split.test, image_size=size, mean=model.mean, std=model.std, fast_jpeg=fast_jpeg)
     log.info("run %s: %d training / %d test images, %s, device %s", out, len(train_set), len(test_set),
              ", ".join(split.categories), device)
 
-    trained = fit(model, train_set, cfg.train, out, device, resume=resume, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a new run in an old folder: the old record, progress and maps no longer describe it
+        for name in ("record.json", PROGRESS_NAME, "maps.npz"):
+            (out / name).unlink(missing_ok=True)
+    data = data_identity(cfg, split)
+    trained = fit(model, train_set, cfg.train, out, device, resume=resume, progress=progress, data=data)
     result = _evaluate(model, test_set, device, cfg)
     record = _record(cfg, split, result, weights_info, device, started, epoch="final (no epoch selection on the test set)")
     record.update(
@@ -46,21 +54,64 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
         few_shot_files=split.few_shot_files,
         n_train=len(train_set),
         loss_per_epoch=trained.loss_per_epoch,
+        data=data,
+        segments=trained.segments,
     )
     record["timings"].update(train_s=trained.train_seconds, train_img_s=trained.images_per_second)
     return _write(record, out)
 
 
+def check_run_folder(out: Path, may_replace: bool) -> None:
+    """`out` must be a folder (or not exist yet), and must not hold a complete run unless `may_replace`."""
+    if out.exists() and not out.is_dir():
+        raise AgpnetError(f"--out {out}: is a file; expected a folder for the run")
+    record = out / "record.json"
+    if not may_replace and record.is_file():
+        try:
+            complete = json.loads(record.read_text(encoding="utf-8")).get("status") == "complete"
+        except (OSError, ValueError, AttributeError):
+            complete = False
+        if complete:
+            raise AgpnetError(f"{record}: a complete run is already in this folder; use --overwrite to replace it, "
+                              "--resume to continue it, or another --out")
+
+
+def data_identity(cfg: RunConfig, split) -> dict:
+    """What identifies a run's training data (stored in its checkpoint; a resume must match it):
+    dataset, resolved root, setting, categories, shots, seed, decoding, and a sha256 of the
+    training file list (paths relative to the root)."""
+    root = Path(cfg.data.root).resolve()
+    files = sorted(_relative(sample.image, root) for sample in split.train)
+    return {
+        "dataset": cfg.data.dataset,
+        "root": str(root),
+        "setting": cfg.data.setting,
+        "categories": list(split.categories),
+        "shots": cfg.data.shots,
+        "seed": cfg.train.seed,
+        "fast_jpeg": cfg.data.fast_jpeg,
+        "n_train": len(files),
+        "train_files_sha256": hashlib.sha256("\n".join(files).encode()).hexdigest(),
+    }
+
+
+def _relative(path: Path, root: Path) -> str:
+    path = Path(path).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
 def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str = "multi-class",
                         category: str | None = None, device: str = "auto", batch_size: int = 16,
-                        save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input") -> dict:
-    """Evaluate a saved model on a dataset's test split; writes and returns a run record."""
+                        save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input",
+                        overwrite: bool = False) -> dict:
+    """Evaluate a saved model on a dataset's test split; writes and returns a run record (a folder
+    holding a complete record is only reused with `overwrite`)."""
     started = timestamp()
     out = Path(out_dir)
     if out.resolve() == Path(checkpoint).resolve().parent:
         raise AgpnetError(f"--out {out_dir}: that is the checkpoint's own run folder; its record.json would be "
                           "replaced. Expected another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, overwrite)
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, torch_device)
     cfg = RunConfig(model=model.cfg, train=TrainConfig(**meta["train_config"]), weights=meta["weights"],
@@ -69,6 +120,9 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
     cfg.eval.eval_batch_size, cfg.eval.save_maps, cfg.eval.eval_resolution = batch_size, save_maps, resolution
     split = load_split(dataset, root, setting, category=category)
     test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("record.json", "maps.npz"):
+        (out / name).unlink(missing_ok=True)
     result = _evaluate(model, test_set, torch_device, cfg)
     record = _record(cfg, split, result, meta["weights_info"], torch_device, started,
                      epoch=f"checkpoint after epoch {meta['epoch']}")

@@ -247,7 +247,7 @@ def _table(dataset: str, setting: str, shots, records: list[dict], published: bo
             means[(label, category)], stds[(label, category)] = mean, std
             rows.append({"method": label, "category": category,
                          **{c: format_value(m, s) for c, m, s in zip(COLUMNS.values(), mean, std)},
-                         "source": f"{len(runs)} run{'s' if len(runs) > 1 else ''}"})
+                         "source": _source(runs, category, categories)})
     ours = {c for label in methods for c in _category_order(methods[label])}
     known = set(DATASET_CATEGORIES.get(dataset, ()))
     note = ""
@@ -276,6 +276,18 @@ def _table(dataset: str, setting: str, shots, records: list[dict], published: bo
                  frame=pd.DataFrame(rows, columns=columns),
                  mean=pd.DataFrame(list(means.values()), index=index, columns=list(COLUMNS.values())),
                  std=pd.DataFrame(list(stds.values()), index=index, columns=list(COLUMNS.values())))
+
+
+def _source(runs: list[dict], category: str, categories: list[str]) -> str:
+    """What a row is made of: "1 run" (a category of one run), "2 runs" (seeds), or for the mean
+    row "3 categories, 3 runs" (one-class: one run per category)."""
+    if category != "mean":
+        return _count(sum(category in r["metrics"] for r in runs), "run")
+    return f"{_count(len(categories), 'category', 'categories')}, {_count(len(runs), 'run')}"
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _methods(records: list[dict]) -> dict[str, list[dict]]:

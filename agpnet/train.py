@@ -29,15 +29,19 @@ from agpnet.atomic import atomic_write
 from agpnet.config import TrainConfig
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNet, AGPNetConfig
-from agpnet.model.agpnet import assemble, create_backbone, random_backbone, timm_kwargs
+from agpnet.model.agpnet import assemble
+from agpnet.model.backbone import create_backbone, random_backbone
 from agpnet.progress import ProgressFile
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "agpnet-checkpoint-1"
+CHECKPOINT_FORMAT = "agpnet-checkpoint-2"
 SYNC_EVERY = 10  # steps between host syncs (loss check, progress bar)
-# Fields that may change when resuming: they do not change the result.
+# Fields that may change when resuming. num_workers and checkpoint_every do not change the result;
+# compile and compile_mode change the floating-point rounding, so a run resumed with another compile
+# setting (or on another device) is not bit-identical: each stretch of training is listed in the
+# checkpoint's and the record's `segments`.
 RESUME_FREE_FIELDS = ("num_workers", "checkpoint_every", "compile", "compile_mode")
 
 
@@ -51,16 +55,18 @@ class TrainResult:
     train_seconds: float  # this call's wall time, feature-cache pass included
     images_per_second: float  # training images processed per second of train_seconds (NaN if none)
     checkpoint: Path
+    segments: list[dict]  # each stretch of training: from_epoch, to_epoch, device, compile, compile_mode, feature_cache
 
 
 def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device: str | torch.device,
-        resume: bool = False, progress: bool = True) -> TrainResult:
+        resume: bool = False, progress: bool = True, data: dict | None = None) -> TrainResult:
     """Train `model`'s decoder on `train_set` (items with "image" (3, S, S) and "index");
     writes out_dir/checkpoint.pt and out_dir/progress.json. resume=True continues from that
-    checkpoint when it exists."""
+    checkpoint when it exists. `data`: what identifies the training data (dataset, root, files, ...);
+    stored in the checkpoint, and a resume on other data stops with the differing field."""
     live = ProgressFile(out_dir)
     try:
-        return _fit(model, train_set, cfg, Path(out_dir), torch.device(device), resume, progress, live)
+        return _fit(model, train_set, cfg, Path(out_dir), torch.device(device), resume, progress, live, data)
     except BaseException:  # diverged, interrupted, crashed: the progress file must not look alive
         if live.fields:
             live.update(force=True, stage="failed")
@@ -68,29 +74,29 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
 
 
 def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torch.device, resume: bool,
-         progress: bool, live: ProgressFile) -> TrainResult:
+         progress: bool, live: ProgressFile, data: dict | None) -> TrainResult:
     path = out_dir / CHECKPOINT_NAME
     if len(train_set) == 0:
         raise AgpnetError("training set: no images (expected at least one normal training image)")
     model.to(device).train()
     params = list(model.decoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr * cfg.batch_size / 8, weight_decay=cfg.weight_decay)
-    losses, start_epoch = [], 0
+    losses, start_epoch, segments = [], 0, []
     fingerprint = model.encoder.fingerprint()
     if resume and path.exists():
         state = read_checkpoint(path, device)
-        check_resumable(state, model, cfg, fingerprint, path)
+        check_resumable(state, model, cfg, fingerprint, path, data)
         model.decoder.load_state_dict(state["decoder"])
         if model.decoder_ema is not None:
             model.decoder_ema.load_state_dict(state["decoder_ema"])
         optimizer.load_state_dict(state["optimizer"])
-        losses, start_epoch = list(state["loss_per_epoch"]), state["epoch"]
+        losses, start_epoch, segments = list(state["loss_per_epoch"]), state["epoch"], list(state["segments"])
         log.info("resuming %s after epoch %d/%d", path, start_epoch, cfg.epochs)
     elif resume:
         log.info("no checkpoint at %s: training from the start", path)
     if start_epoch >= cfg.epochs:
         model.eval()
-        return TrainResult(losses, 0.0, float("nan"), path)
+        return TrainResult(losses, 0.0, float("nan"), path, segments)
     if cfg.compile:
         model.compile_in_place(cfg.compile_mode)
 
@@ -110,6 +116,9 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     n_images = 0
     cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
     cache = FeatureCache(model, train_set, cfg.batch_size, workers, device, amp) if cfg.cache_features else None
+    segment = {"from_epoch": start_epoch, "to_epoch": start_epoch, "device": str(device), "compile": cfg.compile,
+               "compile_mode": cfg.compile_mode, "feature_cache": str(cache.features.dtype) if cache else None}
+    segments.append(segment)
     live.update(force=True, stage="train")
     with tqdm(total=(cfg.epochs - start_epoch) * steps, disable=not progress, desc="train", unit="step") as bar:
         for epoch in range(start_epoch, cfg.epochs):
@@ -129,7 +138,7 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
-                model.update_ema()
+                model.update_ema(epoch * steps + i)
                 step_losses.append(loss.detach())
                 n_images += images.shape[0]
                 if (i + 1) % SYNC_EVERY == 0 or i + 1 == steps:  # one host sync per SYNC_EVERY steps
@@ -148,14 +157,15 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
                     live.update(epoch=epoch + 1, step=epoch * steps + i + 1, loss=float(recent[-1]), img_s=img_s)
             losses.append(float(torch.stack(step_losses).float().mean()))
             if epoch + 1 == cfg.epochs or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
-                save_checkpoint(path, model, optimizer, cfg, epoch + 1, losses, fingerprint)
+                segment["to_epoch"] = epoch + 1
+                save_checkpoint(path, model, optimizer, cfg, epoch + 1, losses, fingerprint, data, segments)
                 saved = epoch + 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     live.update(force=True, stage="trained")
     model.eval()
-    return TrainResult(losses, seconds, n_images / seconds, path)
+    return TrainResult(losses, seconds, n_images / seconds, path, segments)
 
 
 def loader_workers(num_workers: int | None, device: torch.device) -> int:
@@ -208,7 +218,7 @@ class FeatureCache:
 
 # -- checkpoints ---------------------------------------------------------------------------
 def save_checkpoint(path: Path, model: AGPNet, optimizer, cfg: TrainConfig, epoch: int, losses: list[float],
-                    fingerprint: str) -> Path:
+                    fingerprint: str, data: dict | None, segments: list[dict]) -> Path:
     """Atomically write the training state after `epoch` completed epochs (plain types only)."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -224,6 +234,8 @@ def save_checkpoint(path: Path, model: AGPNet, optimizer, cfg: TrainConfig, epoc
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "loss_per_epoch": list(losses),
+        "data": data,
+        "segments": [dict(s) for s in segments],
         "versions": {"agpnet": agpnet.__version__, "torch": str(torch.__version__), "timm": str(timm.__version__)},
     }
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -242,8 +254,15 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return state
 
 
-def check_resumable(state: dict, model: AGPNet, cfg: TrainConfig, fingerprint: str, path: Path) -> None:
-    """The checkpoint must come from the same model config, encoder weights and training settings."""
+def check_resumable(state: dict, model: AGPNet, cfg: TrainConfig, fingerprint: str, path: Path,
+                    data: dict | None) -> None:
+    """The checkpoint must come from the same data, model config, encoder weights and training settings."""
+    if state["data"] != data:
+        old, new = state["data"] or {}, data or {}
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        shown = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in differ[:3])
+        raise AgpnetError(f"{path}: checkpoint was trained on other data ({shown}); "
+                          "use a new output folder or resume=False")
     if state["model_config"] != model.cfg.to_dict():
         differ = sorted(k for k, v in model.cfg.to_dict().items() if state["model_config"].get(k) != v)
         raise AgpnetError(f"{path}: checkpoint has a different model config ({', '.join(differ)}); "
@@ -261,15 +280,16 @@ def check_resumable(state: dict, model: AGPNet, cfg: TrainConfig, fingerprint: s
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[AGPNet, dict]:
     """(model in eval mode on `device`, meta) from a checkpoint; meta holds everything but the weights:
-    model_config, train_config, weights, weights_info, encoder_sha256, epoch, loss_per_epoch, versions."""
+    model_config, train_config, weights, weights_info, encoder_sha256, epoch, loss_per_epoch, data, segments,
+    versions."""
     path = Path(path)
     state = read_checkpoint(path, "cpu")
     cfg = AGPNetConfig.from_dict(state["model_config"])
     if state["encoder"] is not None:
-        vit = random_backbone(cfg, timm_kwargs(cfg))
+        vit = random_backbone(cfg)
         vit.load_state_dict(state["encoder"])
     else:
-        vit, _ = create_backbone(cfg, state["weights"], fallback=False)
+        vit, _ = create_backbone(cfg, state["weights"])
     model = assemble(cfg, vit)
     if model.encoder.fingerprint() != state["encoder_sha256"]:
         raise AgpnetError(f"{path}: the encoder weights from {state['weights_info']['source']} differ from "

@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 5.0)
         optimizer.step()
-        model.update_ema()
+        model.update_ema(1000)  # past the warm-up
 
     perturbed = images + 0.2 * torch.randn_like(images)
     f_clean = clean[0]

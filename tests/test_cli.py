@@ -201,7 +201,7 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path, monkeypatch,
      MemoryError()],
 )
 def test_out_of_memory_is_one_line_and_exit_3(error, synth_root, tmp_path, monkeypatch, capsys):
-    def run_experiment(cfg, resume=False, progress=True):
+    def run_experiment(cfg, resume=False, progress=True, overwrite=False):
         raise error
 
     monkeypatch.setattr("agpnet.run.run_experiment", run_experiment)
@@ -211,7 +211,7 @@ def test_out_of_memory_is_one_line_and_exit_3(error, synth_root, tmp_path, monke
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(synth_root, tmp_path, monkeypatch):
-    def run_experiment(cfg, resume=False, progress=True):
+    def run_experiment(cfg, resume=False, progress=True, overwrite=False):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr("agpnet.run.run_experiment", run_experiment)
@@ -256,3 +256,48 @@ def test_few_shot_run_records_the_chosen_files(tmp_path, synth_root, tiny_model_
     assert all((Path(synth_root) / f).is_file() for v in files.values() for f in v)
     on_disk = json.loads((tmp_path / "fs" / "record.json").read_text())
     assert on_disk["few_shot_files"] == files
+
+
+def _tiny_run_args(root, out, *extra) -> list[str]:
+    from conftest import TINY_MODEL
+
+    return ["run", "--dataset", "mvtec", "--root", str(root), "--setting", "one-class", "--category", "wood",
+            "--epochs", "1", "--batch-size", "4", "--weights", "random", "--device", "cpu", "--quiet",
+            "--out", str(out), *_flags(TINY_MODEL), *extra]
+
+
+def test_a_complete_run_is_never_lost_or_silently_replaced(tmp_path, synth_root, capsys):
+    """Before: a typo in --root deleted the finished run's record before the data was checked, and a
+    second run into the same folder replaced it silently."""
+    out = tmp_path / "run"
+    assert main(_tiny_run_args(synth_root, out)) == 0
+    record = (out / "record.json").read_bytes()
+    capsys.readouterr()
+    assert main(_tiny_run_args(tmp_path / "typo", out, "--overwrite")) == 2  # bad input: nothing touched
+    assert (out / "record.json").read_bytes() == record
+    assert main(_tiny_run_args(synth_root, out)) == 2  # a complete run is there: say so
+    err = capsys.readouterr().err
+    assert "a complete run is already in this folder" in err and "--overwrite" in err and "--resume" in err
+    assert (out / "record.json").read_bytes() == record
+    assert main(_tiny_run_args(synth_root, out, "--seed", "1", "--overwrite")) == 0
+    assert json.loads((out / "record.json").read_text())["seed"] == 1
+    (tmp_path / "file").write_text("x")
+    assert main(_tiny_run_args(synth_root, tmp_path / "file")) == 2
+    assert "is a file; expected a folder" in capsys.readouterr().err
+
+
+def test_resume_on_other_data_stops_with_the_differing_field(tmp_path, synth_root, capsys):
+    """Before: --resume into a folder trained on another category reused that model and recorded
+    'complete' on the new data with the old losses."""
+    out = tmp_path / "run"
+    assert main(_tiny_run_args(synth_root, out)) == 0
+    capsys.readouterr()
+    args = _tiny_run_args(synth_root, out, "--resume")
+    args[args.index("wood")] = "fabric"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "trained on other data (categories: ['wood'] then, ['fabric'] now" in err
+    record = json.loads((out / "record.json").read_text())
+    assert record["categories"] == ["wood"] and record["data"]["categories"] == ["wood"]
+    assert record["data"]["root"] == str(Path(synth_root).resolve()) and len(record["data"]["train_files_sha256"]) == 64
+    assert record["segments"][0]["feature_cache"] == "torch.float32"

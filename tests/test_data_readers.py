@@ -102,6 +102,22 @@ def test_few_shot_draws_k_per_category_deterministically(tmp_path):
     )
 
 
+def test_few_shot_categories_of_equal_size_get_their_own_draws(tmp_path):
+    """Each category's draw is seeded from (seed, category): equal-sized categories do not get the
+    same index positions (before, every category was drawn with the same seed)."""
+    make_mvtec(tmp_path, categories=("bottle", "cable", "grid"), n_train=12, n_good=1, defects=("crack",), n_defect=1)
+    for seed in range(3):
+        files = load_split("mvtec", tmp_path, "few-shot", shots=3, seed=seed).few_shot_files
+        positions = {tuple(f.rsplit("/", 1)[1] for f in chosen) for chosen in files.values()}
+        assert len(positions) > 1, f"seed {seed}: every category drew the same positions"
+    assert load_split("mvtec", tmp_path, "few-shot", shots=3, seed=0).few_shot_files["cable"] == [
+        "cable/train/good/" + name for name in FEW_SHOT_CABLE_SEED_0]
+
+
+# random.Random("0/cable").sample(range(12), 3), sorted: pinned so that a change of the draw is noticed.
+FEW_SHOT_CABLE_SEED_0 = ["000.png", "002.png", "009.png"]
+
+
 def test_few_shot_one_category_and_all_images(tmp_path):
     make_mvtec(tmp_path, categories=("bottle", "cable"), n_train=8, n_good=1, defects=("crack",), n_defect=1)
     split = load_split("mvtec", tmp_path, "few-shot", category="cable", shots=8, seed=3)

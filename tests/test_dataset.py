@@ -174,3 +174,16 @@ def test_exif_orientation_turns_images_masks_and_sizes_upright(tmp_path):
     item = AnomalyDataset(split.test, image_size=8)[0]
     white = item["image"][1] > 0
     assert item["mask"].any() and (item["mask"] == white).all()
+
+
+def test_jpeg_full_decode_by_default_draft_mode_only_with_fast_jpeg(tmp_path):
+    """Published numbers use the full JPEG decode; Pillow's reduced-scale draft decode is opt-in."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (512, 640, 3), dtype=np.uint8)).save(path, quality=90)
+    sample = Sample(image=path, category="c", label=0, defect="good", mask=None)
+    expected = np.asarray(Image.open(path).convert("RGB").resize((64, 64), Image.BILINEAR)).transpose(2, 0, 1)
+    full = AnomalyDataset([sample], image_size=64, mean=(0, 0, 0), std=(1 / 255,) * 3)[0]["image"]
+    np.testing.assert_array_equal(full.numpy().round().astype(np.uint8), expected)
+    fast = AnomalyDataset([sample], image_size=64, mean=(0, 0, 0), std=(1 / 255,) * 3, fast_jpeg=True)[0]["image"]
+    assert fast.shape == full.shape and not torch.equal(fast, full)

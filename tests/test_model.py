@@ -1,18 +1,15 @@
 """AGPNet model: encoder taps and CLS attention, decoder, predict, EMA, weights handling."""
 
-import logging
 import math
 import warnings
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 
-import agpnet.model.agpnet as agpnet_module
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNetConfig, build_model
-from agpnet.model.encoder import cls_attention
+from agpnet.model.encoder import prior_attention
 
 
 def make_model(fields: dict, **overrides):
@@ -62,12 +59,44 @@ def test_cls_attention_equals_explicit_reference(tiny_model_fields, extra):
         torch.testing.assert_close(attn_out, block.attn(block.norm1(x)), rtol=1e-4, atol=1e-5)
         # ... and our CLS row equals its first row, patch columns.
         expected = weights[:, :, 0, encoder.num_prefix_tokens :]
-        torch.testing.assert_close(cls_attention(block, x, encoder.num_prefix_tokens), expected)
+        torch.testing.assert_close(prior_attention(block, x, encoder.num_prefix_tokens), expected)
         rows.append(expected)
         x = block(x)
     _, a_prior = encoder(images, with_attention=True)
     h, w = encoder.grid
     torch.testing.assert_close(a_prior, torch.stack(rows).mean(dim=(0, 2)).view(2, h, w))
+
+
+def test_prior_attention_without_cls_token_is_the_mean_attention_each_patch_receives(tiny_model_fields):
+    """A backbone without prefix tokens (SigLIP-like): A_prior is the column mean of the full attention,
+    not patch 0's row."""
+    kwargs = {**tiny_model_fields["backbone_kwargs"], "class_token": False, "global_pool": "avg"}
+    model = make_model(tiny_model_fields, backbone_kwargs=kwargs)
+    vit, encoder = model.encoder.vit, model.encoder
+    assert encoder.num_prefix_tokens == 0
+    images = patterns(2)
+    x = tokens_before_blocks(vit, images)
+    received = []
+    for block in vit.blocks:
+        weights, _ = reference_attention(block, x)
+        received.append(weights.mean(dim=2))  # mean over queries: (B, heads, T)
+        torch.testing.assert_close(prior_attention(block, x, 0), received[-1])
+        assert not torch.allclose(received[-1], weights[:, :, 0])
+        x = block(x)
+    _, a_prior = encoder(images, with_attention=True)
+    torch.testing.assert_close(a_prior, torch.stack(received).mean(dim=(0, 2)).view(2, *encoder.grid))
+    torch.testing.assert_close(a_prior.sum(dim=(1, 2)), torch.ones(2))
+
+
+def test_decoder_attention_is_float32_under_autocast(tiny_model_fields):
+    """A_learn's logits and softmax stay fp32 under bf16 autocast (they match the fp32 computation)."""
+    model = make_model(tiny_model_fields, decoder_depth=2)
+    f_clean, _ = model.encode_clean(patterns(3))
+    _, reference = model.decoder.blocks[0](f_clean + model.decoder.pos_embed, return_attention=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, mixed = model.decoder.blocks[0](f_clean + model.decoder.pos_embed, return_attention=True)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, rtol=1e-2, atol=1e-5)
 
 
 def test_encoder_taps_blocks_is_frozen_and_stays_in_eval(tiny_model_fields):
@@ -121,16 +150,32 @@ def test_pooled_max_score_and_smoothing(tiny_model_fields):
     torch.testing.assert_close(smooth.mean(), raw.mean(), rtol=0.05, atol=0)
 
 
-def test_update_ema_follows_formula(tiny_model_fields):
-    model = make_model(tiny_model_fields, ema_decay=0.9)
+@pytest.mark.parametrize("warmup, step, eta", [(False, 0, 0.9), (False, 500, 0.9), (True, 0, 0.1),
+                                                (True, 2, 0.25), (True, 500, 0.9)])
+def test_update_ema_follows_formula(tiny_model_fields, warmup, step, eta):
+    """eta = min(ema_decay, (1 + t) / (10 + t)) with the warm-up: 0.1 at the first step, 0.25 at the third."""
+    model = make_model(tiny_model_fields, ema_decay=0.9, ema_warmup=warmup)
     with torch.no_grad():
         for p in model.decoder.parameters():
             p.add_(torch.randn_like(p))
     before = [p.clone() for p in model.decoder_ema.parameters()]
-    model.update_ema()
+    model.update_ema(step)
     for old, ema, live in zip(before, model.decoder_ema.parameters(), model.decoder.parameters()):
-        torch.testing.assert_close(ema, 0.9 * old + 0.1 * live)
+        torch.testing.assert_close(ema, eta * old + (1 - eta) * live)
         assert not ema.requires_grad
+
+
+def test_ema_warmup_makes_a_short_run_forget_the_initial_weights(tiny_model_fields):
+    """After 500 steps at eta = 0.999 without warm-up, 61 % of the EMA is still the initial decoder;
+    with the warm-up, under 1 %."""
+    shares = {}
+    for warmup in (False, True):
+        model = make_model(tiny_model_fields, ema_warmup=warmup)
+        share = 1.0
+        for step in range(500):
+            share *= model.ema_decay(step)
+        shares[warmup] = share
+    assert 0.60 < shares[False] < 0.61 and shares[True] < 0.01
 
 
 def test_live_decoder_attention_without_ema(tiny_model_fields):
@@ -140,41 +185,7 @@ def test_live_decoder_attention_without_ema(tiny_model_fields):
     torch.testing.assert_close(
         model.learned_attention(f_clean), model.decoder(f_clean, return_attention=True)[1]
     )
-    model.update_ema()  # a no-op
-
-
-def test_hub_failure_falls_back_to_random_loudly(tiny_model_fields, monkeypatch, caplog):
-    create = timm.create_model
-
-    def offline(name, pretrained=False, **kwargs):
-        if pretrained:
-            raise OSError("no route to the hub")
-        return create(name, pretrained=False, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", offline)
-    monkeypatch.setattr(agpnet_module, "hub_unavailable_reason", lambda name: None)  # the quick check passes
-    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="could not be downloaded"):
-        model, info = build_model(AGPNetConfig(**tiny_model_fields), "hub")
-    assert info["pretrained"] is False
-    assert info["source"] == "random (hub download failed: no route to the hub)"
-    assert "RANDOM" in info["warning"] and model.weights_info == info and model.weights == "random"
-    assert "!!!!" in caplog.text and "no route to the hub" in caplog.text
-    # The fallback encoder is the reproducible random one.
-    assert model.encoder.fingerprint() == make_model(tiny_model_fields).encoder.fingerprint()
-
-
-def test_unreachable_hub_falls_back_without_trying_the_download(tiny_model_fields, monkeypatch):
-    create = timm.create_model
-
-    def no_download(name, pretrained=False, **kwargs):
-        assert not pretrained, "the download must not be attempted when the hub is known to be unreachable"
-        return create(name, pretrained=False, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", no_download)
-    monkeypatch.setattr(agpnet_module, "hub_unavailable_reason", lambda name: "huggingface.co is not reachable")
-    with pytest.warns(UserWarning, match="could not be downloaded"):
-        _, info = build_model(AGPNetConfig(**tiny_model_fields), "hub")
-    assert info["source"] == "random (hub download failed: huggingface.co is not reachable)"
+    model.update_ema(0)  # a no-op
 
 
 def test_random_weights_are_reproducible_and_flagged(tiny_model_fields):
@@ -191,22 +202,6 @@ def test_random_weights_are_reproducible_and_flagged(tiny_model_fields):
     assert a.encoder.fingerprint() != c.encoder.fingerprint()
 
 
-def test_weights_file(tiny_model_fields, tmp_path):
-    source = make_model(tiny_model_fields, init_seed=5)
-    path = tmp_path / "encoder.pth"
-    torch.save(source.encoder.vit.state_dict(), path)
-    model, info = build_model(AGPNetConfig(**tiny_model_fields), path)
-    assert info == {"source": f"file:{path.resolve()}", "pretrained": True, "warning": None}
-    assert model.encoder.fingerprint() == source.encoder.fingerprint() and model.weights == str(
-        path.resolve()
-    )
-    with pytest.raises(AgpnetError, match="missing.pth: weights file not found"):
-        build_model(AGPNetConfig(**tiny_model_fields), tmp_path / "missing.pth")
-    (tmp_path / "bad.pth").write_bytes(b"not a state dict")
-    with pytest.raises(AgpnetError, match="bad.pth: not loadable"):
-        build_model(AGPNetConfig(**tiny_model_fields), tmp_path / "bad.pth")
-
-
 @pytest.mark.parametrize(
     "overrides, match",
     [
@@ -219,6 +214,10 @@ def test_weights_file(tiny_model_fields, tmp_path):
         (
             {"backbone_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 8, "bogus": 1}},
             "bogus",
+        ),
+        (  # before: bypassed the patch-size check and crashed at the first forward pass
+            {"backbone_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 8, "img_size": 60}},
+            "img_size is set by the image_size field",
         ),
     ],
 )
@@ -239,7 +238,7 @@ def test_predict_map_is_higher_where_the_input_is_corrupted(tiny_model_fields):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        model.update_ema()
+        model.update_ema(step)
     model.eval()
     clean = patterns(4, seed=2)
     corrupted = clean.clone()

@@ -175,7 +175,7 @@ def test_each_ablation_switch_runs_a_training_step(tiny_model_fields, overrides)
     assert all(p.grad is not None for p in model.decoder.parameters())
     assert not any(p.grad is not None for p in model.encoder.parameters())
     optimizer.step()
-    model.update_ema()
+    model.update_ema(0)
 
 
 def test_training_loss_with_cached_clean_features_is_the_same(tiny_model_fields):

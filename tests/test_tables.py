@@ -62,7 +62,8 @@ def test_multi_class_seeds_give_mean_and_std_of_the_records(tmp_path):
         "58.7",
         "91.4",
     ]
-    assert table.frame.index.is_unique and table.frame.iloc[:3]["source"].eq("3 runs").all()
+    assert table.frame.index.is_unique and list(table.frame.iloc[:3]["source"]) == ["3 runs", "3 runs",
+                                                                                     "2 categories, 3 runs"]
     assert "2 of the 15 mvtec categories" in table.note and table.note in table.to_html()
 
 
@@ -91,9 +92,13 @@ def test_one_class_runs_form_one_table_with_a_mean_over_categories(tmp_path):
         values = 100 * np.array(per_seed)
         assert by_row(table, ours, "mean")[column] == f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
     assert by_row(table, "AGPNet (paper) (published)", "mean")["I-AUROC"] == "99.2"
+    # Each category row is one run per seed; the mean row says what it averages (before: "4 runs" everywhere).
+    assert [by_row(table, ours, c)["source"] for c in ("bottle", "zipper", "mean")] == [
+        "2 runs", "2 runs", "2 categories, 4 runs"]
     # One seed: no ± ; the visa one-class table has no published row.
     single = tables_by_key["visa_one-class"]
     assert list(single.frame["method"]) == ["AGPNet (ours)", "AGPNet (ours)"]
+    assert list(single.frame["source"]) == ["1 run", "1 category, 1 run"]
     for value in single.frame.iloc[0][list(tables.COLUMNS.values())]:
         assert NUMBER.match(value) and "±" not in value
 

@@ -245,3 +245,32 @@ def test_bad_train_config():
         TrainConfig(amp="fp8")
     with pytest.raises(AgpnetError, match="epochs=0"):
         TrainConfig(epochs=0)
+
+
+def test_resume_refuses_other_data_and_lists_the_training_segments(tiny_model_fields, tmp_path):
+    data, cfg = Stripes(8), quick(epochs=2, checkpoint_every=1)
+    identity = {"dataset": "mvtec", "root": "/data/a", "categories": ["bottle"], "train_files_sha256": "1"}
+    crashed, calls = make_model(tiny_model_fields), {"n": 0}
+    original = crashed.training_loss
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    crashed.training_loss = crash_in_second_epoch
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashed, data, cfg, tmp_path, "cpu", progress=False, data=identity)
+    other = {**identity, "categories": ["cable"]}
+    with pytest.raises(AgpnetError, match="trained on other data \\(categories: \\['bottle'\\] then, \\['cable'\\] now\\)"):
+        fit(make_model(tiny_model_fields), data, cfg, tmp_path, "cpu", resume=True, progress=False, data=other)
+    resumed = fit(make_model(tiny_model_fields), data, cfg, tmp_path, "cpu", resume=True, progress=False,
+                  data=identity)
+    assert resumed.segments == [
+        {"from_epoch": 0, "to_epoch": 1, "device": "cpu", "compile": False, "compile_mode": "default",
+         "feature_cache": "torch.float32"},
+        {"from_epoch": 1, "to_epoch": 2, "device": "cpu", "compile": False, "compile_mode": "default",
+         "feature_cache": "torch.float32"}]
+    _, meta = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert meta["data"] == identity and meta["segments"] == resumed.segments

@@ -4,7 +4,8 @@
 - multi-class: several categories (all, or a comma-separated subset) in one training set;
                each sample keeps its category.
 - few-shot:    k normal training images per category (k = 1, 2, 4 or 8 in the literature),
-               drawn with `random.Random(seed)` from the sorted file list of each category;
+               drawn from the sorted file list of each category with `random.Random("{seed}/{category}")`
+               (each category its own draw, reproducible across Python versions and processes);
                the test split is unchanged. Applies to `category` if given, else to all.
 """
 
@@ -44,7 +45,7 @@ def load_split(
     for name in categories:
         cat_train, cat_test = read_category(dataset, root, name)
         if setting == "few-shot":
-            cat_train = _draw_shots(cat_train, int(shots), seed)
+            cat_train = _draw_shots(cat_train, int(shots), f"{seed}/{name}")
             few_shot_files = few_shot_files or {}
             few_shot_files[name] = [_relative(s.image, root) for s in cat_train]
         train += cat_train
@@ -70,7 +71,7 @@ def _choose_categories(setting: str, category: str | None, available: list[str],
     return chosen
 
 
-def _draw_shots(train: list[Sample], shots: int, seed: int) -> list[Sample]:
+def _draw_shots(train: list[Sample], shots: int, seed: str) -> list[Sample]:
     """`shots` samples drawn with random.Random(seed) from the sorted list, returned sorted."""
     if shots > len(train):
         folder = train[0].image.parent

@@ -4,13 +4,11 @@ attention-guided perturbation branch used in training (docs/method.md).
 Inference (`predict`) runs the main branch only: clean features -> decoder -> per-token L2
 distance -> upsampled, smoothed anomaly map and an image score. Training (`training_loss`)
 perturbs the clean features and the image where A_final is high and asks the decoder to
-reconstruct the clean features. `build_model` creates the encoder from the timm hub, a local
-weights file or random weights, and records which in `weights_info`.
+reconstruct the clean features. `build_model` creates the encoder (agpnet.model.backbone: timm hub,
+a local weights file or folder, or random weights) and records which in `weights_info`.
 """
 
 import copy
-import logging
-import warnings
 from pathlib import Path
 
 import timm
@@ -20,9 +18,9 @@ from torch import nn
 
 from agpnet.config import AGPNetConfig
 from agpnet.errors import AgpnetError
+from agpnet.model.backbone import create_backbone
 from agpnet.model.decoder import Decoder
 from agpnet.model.encoder import Encoder
-from agpnet.model.hub import hub_unavailable_reason
 from agpnet.model.perturbation import (
     feature_noise_std,
     final_attention,
@@ -31,11 +29,6 @@ from agpnet.model.perturbation import (
     perturb_image,
     schedule,
 )
-
-log = logging.getLogger(__name__)
-
-RANDOM_WARNING = ("the encoder has RANDOM weights, not the pretrained {backbone}: anomaly-detection numbers "
-                  "from this model are not AGPNet results (use them only for tests and timing)")
 
 
 class AGPNet(nn.Module):
@@ -160,12 +153,20 @@ class AGPNet(nn.Module):
         recon = self.decoder(torch.cat(inputs))  # both branches in one batch: the mean is (L_feat + L_img,feat) / 2
         return token_mse(recon, f_clean.repeat(len(inputs), 1, 1))
 
+    def ema_decay(self, step: int) -> float:
+        """eta at optimiser step `step` (0, 1, 2, ...): cfg.ema_decay, or with cfg.ema_warmup
+        min(cfg.ema_decay, (1 + step) / (10 + step)), so that early steps do not keep the initial weights."""
+        if not self.cfg.ema_warmup:
+            return self.cfg.ema_decay
+        return min(self.cfg.ema_decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update_ema(self) -> None:
-        """theta_ema <- eta * theta_ema + (1 - eta) * theta; call after every optimiser step."""
+    def update_ema(self, step: int) -> None:
+        """theta_ema <- eta * theta_ema + (1 - eta) * theta with eta = ema_decay(step); call after
+        optimiser step number `step` (counted from 0 over the whole run)."""
         if self.decoder_ema is not None:
             ema, live = list(self.decoder_ema.parameters()), list(self.decoder.parameters())
-            torch._foreach_lerp_(ema, live, 1.0 - self.cfg.ema_decay)
+            torch._foreach_lerp_(ema, live, 1.0 - self.ema_decay(step))
 
     def compile_in_place(self, mode: str = "default") -> None:
         """torch.compile the encoder, the decoder and the EMA decoder in place (`mode` as in
@@ -229,18 +230,15 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 # -- factory -------------------------------------------------------------------------------
 def build_model(cfg: AGPNetConfig | None = None, weights: str | Path = "hub",
                 device: str | torch.device = "cpu") -> tuple[AGPNet, dict]:
-    """AGPNet with its encoder weights from `weights`: "hub" (timm pretrained download; falls back
-    to random weights with a loud warning if the download fails), "random", or a weights file path.
-
-    Returns (model on `device`, weights_info {"source", "pretrained", "warning"}).
-    """
+    """AGPNet with its encoder weights from `weights`: "hub", "auto", "random", a weights file or a
+    weights folder (agpnet.model.backbone). Returns (model on `device`, weights_info)."""
     cfg = cfg or AGPNetConfig()
     vit, info = create_backbone(cfg, weights)
     model = assemble(cfg, vit)
     if not info["pretrained"]:
         model.weights = "random"
     else:
-        model.weights = "hub" if weights == "hub" else str(Path(weights).resolve())
+        model.weights = "hub" if str(weights) in ("hub", "auto") else str(Path(weights).resolve())
     model.weights_info = info
     return model.to(device), info
 
@@ -250,76 +248,3 @@ def assemble(cfg: AGPNetConfig, vit: nn.Module) -> AGPNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         return AGPNet(cfg, vit)
-
-
-def create_backbone(cfg: AGPNetConfig, weights: str | Path = "hub", fallback: bool = True) -> tuple[nn.Module, dict]:
-    """The timm ViT for cfg and its weights_info; see build_model. fallback=False: hub failure raises."""
-    name = cfg.backbone
-    if not timm.is_model(name):
-        raise AgpnetError(f"model config backbone={name!r}: not a timm model name")
-    kwargs = timm_kwargs(cfg)
-    if weights == "random":
-        warning = RANDOM_WARNING.format(backbone=name)
-        warnings.warn(warning, stacklevel=3)
-        return random_backbone(cfg, kwargs), {"source": "random (requested)", "pretrained": False, "warning": warning}
-    if weights == "hub":
-        try:
-            unavailable = hub_unavailable_reason(name)  # offline: fail now, not after a minute of retries
-            if unavailable:
-                raise ConnectionError(unavailable)
-            vit = timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as err:  # network, hub or cache failure: fall back, loudly
-            reason = " ".join(str(err).split())[:300] or type(err).__name__
-            if not fallback:
-                raise AgpnetError(f"weights 'hub': could not download {name} ({reason})") from None
-            vit = random_backbone(cfg, kwargs)
-            warning = f"pretrained weights of {name} could not be downloaded ({reason}); " + RANDOM_WARNING.format(
-                backbone=name)
-            _announce(warning)
-            return vit, {"source": f"random (hub download failed: {reason})", "pretrained": False, "warning": warning}
-        _check_patch_size(vit, cfg)
-        return vit, {"source": f"hub:{name}", "pretrained": True, "warning": None}
-    path = Path(weights)
-    if not path.is_file():
-        raise AgpnetError(f"{path}: weights file not found; expected 'hub', 'random' or a timm weights file for {name}")
-    try:
-        overlay = {"file": str(path), "custom_load": path.suffix == ".npz"}  # .npz: timm's own loader
-        vit = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    except Exception as err:
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
-        raise AgpnetError(f"{path}: not loadable as weights of {name} ({reason})") from None
-    _check_patch_size(vit, cfg)
-    return vit, {"source": f"file:{path.resolve()}", "pretrained": True, "warning": None}
-
-
-def timm_kwargs(cfg: AGPNetConfig) -> dict:
-    """timm.create_model arguments: input size, no classifier head, then cfg.backbone_kwargs."""
-    return {"img_size": cfg.image_size, "num_classes": 0, **cfg.backbone_kwargs}
-
-
-def random_backbone(cfg: AGPNetConfig, kwargs: dict) -> nn.Module:
-    """Randomly initialised timm ViT, reproducible: seeded with cfg.init_seed (global RNG untouched)."""
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.init_seed)
-            vit = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise AgpnetError(f"model config backbone_kwargs={cfg.backbone_kwargs}: rejected by timm "
-                          f"for {cfg.backbone} ({' '.join(str(err).split())})") from None
-    _check_patch_size(vit, cfg)
-    return vit
-
-
-def _check_patch_size(vit: nn.Module, cfg: AGPNetConfig) -> None:
-    patch = getattr(getattr(vit, "patch_embed", None), "patch_size", (1, 1))
-    if cfg.image_size % patch[0] or cfg.image_size % patch[1]:
-        raise AgpnetError(f"model config image_size={cfg.image_size}: must be a multiple of the patch size {patch}")
-
-
-def _announce(warning: str) -> None:
-    """A warning nobody can miss: a banner in the log and a Python warning."""
-    bar = "!" * 78
-    log.warning("\n%s\n!! WARNING: %s\n!! The run continues; its record says weights.pretrained = false.\n%s",
-                bar, warning, bar)
-    warnings.warn(warning, stacklevel=4)
-

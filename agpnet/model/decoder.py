@@ -26,8 +26,9 @@ class DecoderBlock(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         if return_attention:
-            logits = (q.float() @ k.float().transpose(-2, -1)) * (c // self.heads) ** -0.5  # fp32 under autocast
-            attention = logits.softmax(dim=-1)
+            with torch.autocast(x.device.type, enabled=False):  # fp32 logits and softmax, also under autocast
+                logits = (q.float() @ k.float().transpose(-2, -1)) * (c // self.heads) ** -0.5
+                attention = logits.softmax(dim=-1)
             out = attention.to(v.dtype) @ v
         else:
             attention = None

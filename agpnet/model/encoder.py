@@ -2,8 +2,9 @@
 
 `Encoder(vit, blocks)(images)` returns the patch tokens (prefix tokens, i.e. CLS and register
 tokens, dropped) of the tapped blocks and, on request, the CLS->patch attention of those
-blocks (A_prior). The blocks keep timm's fused attention; the CLS row of the attention is
-computed on the side from the block's own qkv weights (one query against all keys).
+blocks (A_prior; for backbones without a CLS token, the mean attention each patch receives).
+The blocks keep timm's fused attention; the attention rows are computed on the side from the
+block's own qkv weights.
 """
 
 import hashlib
@@ -15,10 +16,12 @@ from torch import nn
 from agpnet.errors import AgpnetError
 
 
-def cls_attention(block: nn.Module, x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """CLS->patch attention of a timm ViT block for its input `x` (B, T, C): (B, heads, T - prefix).
+def prior_attention(block: nn.Module, x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """A_prior of one timm ViT block for its input `x` (B, T, C): (B, heads, T - prefix).
 
-    softmax(q_cls . K^T / sqrt(d)) over all T tokens, per head, keeping the patch columns.
+    With a CLS token (num_prefix_tokens > 0): the CLS row softmax(q_cls . K^T / sqrt(d)) over all T
+    tokens, patch columns. Without one (num_prefix_tokens = 0, e.g. SigLIP): the mean attention each
+    patch receives, i.e. the mean over all queries of softmax(Q . K^T / sqrt(d)).
     """
     attn = block.attn
     with torch.autocast(x.device.type, enabled=False):  # fp32 logits: trained CLS attention is peaked
@@ -26,14 +29,15 @@ def cls_attention(block: nn.Module, x: torch.Tensor, num_prefix_tokens: int) -> 
         b, t, _ = y.shape
         heads, dim = attn.num_heads, attn.head_dim
         width = heads * dim
+        queries = y[:, :1] if num_prefix_tokens else y
         weight, bias = attn.qkv.weight.float(), attn.qkv.bias
         bias = None if bias is None else bias.float()
-        q = F.linear(y[:, :1], weight[:width], None if bias is None else bias[:width])
+        q = F.linear(queries, weight[:width], None if bias is None else bias[:width])
         k = F.linear(y, weight[width:2 * width], None if bias is None else bias[width:2 * width])
-        q = attn.q_norm(q.view(b, 1, heads, dim).transpose(1, 2))  # (B, heads, 1, d)
+        q = attn.q_norm(q.view(b, -1, heads, dim).transpose(1, 2))  # (B, heads, 1 or T, d)
         k = attn.k_norm(k.view(b, t, heads, dim).transpose(1, 2))  # (B, heads, T, d)
-        logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, T)
-        return logits.softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
+        logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1 or T, T)
+        return logits.softmax(dim=-1).mean(dim=2)[:, :, num_prefix_tokens:]
 
 
 class Encoder(nn.Module):
@@ -64,7 +68,7 @@ class Encoder(nn.Module):
         features, attentions = [], []
         for i, block in enumerate(vit.blocks[: max(self.taps)], start=1):
             if with_attention and i in self.taps:
-                attentions.append(cls_attention(block, x, self.num_prefix_tokens))
+                attentions.append(prior_attention(block, x, self.num_prefix_tokens))
             x = block(x)
             if i in self.taps:
                 features.append(x[:, self.num_prefix_tokens:])
