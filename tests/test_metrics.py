@@ -56,6 +56,30 @@ def test_image_vector_ties():
     assert all_tied["image_auroc"] == pytest.approx(0.5, abs=1e-12)
 
 
+def test_image_vector_mixed_tie():
+    # The tie at 0.7 holds one defective and one good image: one threshold, half a pair in AUROC.
+    metrics = image_metrics([0.9, 0.7, 0.7, 0.3, 0.1], [1, 0, 1, 0, 1])
+    assert metrics["image_auroc"] == pytest.approx(7 / 12, abs=1e-12)
+    assert metrics["image_ap"] == pytest.approx(34 / 45, abs=1e-12)
+    assert metrics["image_f1max"] == pytest.approx(0.75, abs=1e-12)
+
+
+def test_pixel_vector_one_row():
+    # Region A = pixels 0-1, region B = pixel 12; A's second pixel ties with a normal one at 0.4.
+    maps = np.array([0.9, 0.4, 0.8, 0.7, 0.4, 0.3, 0.2, 0.2, 0.2, 0.1, 0.1, 0.1, 0.6]).reshape(1, 1, 13)
+    masks = np.zeros(maps.shape, dtype=bool)
+    masks[0, 0, [0, 1, 12]] = True
+    metrics = pixel_metrics(maps, masks)
+    assert metrics["pixel_auroc"] == pytest.approx(0.85, abs=1e-12)
+    assert metrics["pixel_ap"] == pytest.approx(2 / 3, abs=1e-12)
+    assert metrics["pixel_f1max"] == pytest.approx(2 / 3, abs=1e-12)
+    assert metrics["aupro"] == pytest.approx(11 / 24, abs=1e-12)
+    assert aupro(maps, masks, fpr_limit=0.25) == pytest.approx(0.3625, abs=1e-12)  # PRO interpolated at 0.25
+    fpr, pro = pro_curve(maps, masks)
+    np.testing.assert_allclose(fpr[:6], [0.0, 0.0, 0.1, 0.2, 0.2, 0.3], atol=1e-12)
+    np.testing.assert_allclose(pro[:6], [0.0, 0.25, 0.25, 0.25, 0.75, 1.0], atol=1e-12)
+
+
 def test_aupro_vector_column_region():
     maps = (np.arange(2800) / 2800).reshape(1, 400, 7)
     masks = np.zeros(maps.shape, dtype=bool)
