@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--save-maps", action="store_true")
     ev.add_argument("--resolution", choices=EVAL_RESOLUTIONS, default="input",
                     help="compare maps and masks at the model's input size or at each image's original size")
+    ev.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="fp32: model and stored maps in fp32; bf16: bf16 autocast on CUDA, maps stored as float16")
     ev.add_argument("--out", required=True)
     ev.add_argument("--overwrite", action="store_true", help="replace a complete evaluation already in --out")
     ev.set_defaults(handler=_cmd_eval)
@@ -165,7 +167,7 @@ def _cmd_eval(args) -> int:
     record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, root=args.root, setting=args.setting,
                                  category=args.category, device=args.device, batch_size=args.batch_size,
                                  save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, precision=args.precision)
     _print_metrics(record["metrics"])
     print(f"record: {Path(args.out) / 'record.json'}")
     return 0

@@ -109,6 +109,9 @@ def _check(ok: bool, name: str, value, expected: str) -> None:
         raise AgpnetError(f"model config {name}={value!r}: expected {expected}")
 
 
+IMAGE_CACHES = ("auto", "device", "host", "off")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation of the decoder (agpnet.train.fit)."""
@@ -128,10 +131,14 @@ class TrainConfig:
     compile: bool = False  # torch.compile the encoder and the decoders (pays off on long CUDA runs)
     compile_mode: str = "default"  # torch.compile mode: "default", or "reduce-overhead" (CUDA graphs)
     cache_features: bool = True  # compute clean features + A_prior once and reuse them
+    image_cache: str = "auto"  # decoded training images kept: auto (device on CUDA when they fit, else host), device,
+    #                            host, off (decode in DataLoader workers every epoch); the result is the same
 
     def __post_init__(self):
         if self.amp not in ("auto", "bf16", "off"):
             raise AgpnetError(f"train config amp={self.amp!r}: expected auto, bf16 or off")
+        if self.image_cache not in IMAGE_CACHES:
+            raise AgpnetError(f"train config image_cache={self.image_cache!r}: expected one of {', '.join(IMAGE_CACHES)}")
         if self.compile_mode not in ("default", "reduce-overhead"):
             raise AgpnetError(f"train config compile_mode={self.compile_mode!r}: expected default or reduce-overhead")
         for name in ("epochs", "batch_size"):
@@ -166,9 +173,13 @@ class EvalConfig:
     eval_resolution: str = "input"  # "input": maps and masks at S x S; "original": at each image's own size
     save_maps: bool = False  # write maps.npz (anomaly maps + attention masks) for the viewer
     maps_size: int = 128  # side length of the maps stored in maps.npz (px)
+    eval_precision: str = "fp32"  # fp32: decoder in fp32, maps kept as float32 (4 B/px); bf16: bf16 autocast on
+    #                               CUDA (as amp), maps kept as float16 (2 B/px)
 
 
     def __post_init__(self):
+        if self.eval_precision not in ("fp32", "bf16"):
+            raise AgpnetError(f"eval config eval_precision={self.eval_precision!r}: expected fp32 or bf16")
         if self.eval_resolution not in EVAL_RESOLUTIONS:
             raise AgpnetError(f"eval config eval_resolution={self.eval_resolution!r}: expected input or original")
         for name in ("eval_batch_size", "maps_size"):

@@ -29,18 +29,21 @@ class EvalResult:
     seconds: float  # the evaluation loop (model, map collection), without the metrics' computation
     images_per_second: float
     resolution: str
+    precision: str  # "fp32" or "bf16" (model precision and map storage)
 
 
 def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_limit: float = 0.3,
              maps_path: str | Path | None = None, maps_size: int = 128, num_workers: int | None = None,
-             amp: str = "auto", resolution: str = "input") -> EvalResult:
+             amp: str = "auto", resolution: str = "input", precision: str = "fp32") -> EvalResult:
     """Metrics of `model` on `test_set` (an AnomalyDataset). Writes maps.npz when `maps_path` is given.
 
-    `amp` and `num_workers` as in TrainConfig (bf16 autocast and loader workers on CUDA by default);
-    the maps themselves are float32 (AGPNet.predict)."""
+    precision "fp32": the model runs in fp32 and the maps are kept as float32 (4 B per pixel);
+    "bf16": `amp` applies (bf16 autocast on CUDA by default) and the maps are kept as float16
+    (2 B per pixel). `num_workers` as in TrainConfig."""
     loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers, device),
                         pin_memory=device.type == "cuda")
-    accumulator = MetricAccumulator()
+    accumulator = MetricAccumulator(map_dtype=torch.float32 if precision == "fp32" else torch.float16)
+    amp = amp if precision == "bf16" else "off"
     keep = _MapStore(maps_size) if maps_path is not None else None
     size = None
     start = time.perf_counter()
@@ -68,7 +71,7 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
     described = (f"original image resolution (maps upsampled bilinearly from the {size}x{size} px input)"
                  if resolution == "original" else f"input resolution {size}x{size} px (resize, no crop)")
     return EvalResult(metrics=metrics, n_images=n, seconds=seconds, images_per_second=n / max(seconds, 1e-9),
-                      resolution=described)
+                      resolution=described, precision=precision)
 
 
 def _at_original_size(anomaly_map: torch.Tensor, sample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,7 +103,7 @@ def _relative(path: Path, root: Path) -> str:
 def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str = "multi-class",
                         category: str | None = None, device: str = "auto", batch_size: int = 16,
                         save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input",
-                        overwrite: bool = False) -> dict:
+                        overwrite: bool = False, precision: str = "fp32") -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record (a folder
     holding a complete record is only reused with `overwrite`)."""
     started = timestamp()
@@ -118,6 +118,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
                     device=device, out_dir=str(out_dir))
     cfg.data.dataset, cfg.data.root, cfg.data.setting, cfg.data.category = dataset, str(root), setting, category
     cfg.eval.eval_batch_size, cfg.eval.save_maps, cfg.eval.eval_resolution = batch_size, save_maps, resolution
+    cfg.eval.eval_precision = precision
     split = load_split(dataset, root, setting, category=category)
     test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:
     maps_path = Path(cfg.out_dir) / "maps.npz" if cfg.eval.save_maps else None
     return evaluate(model, test_set, device, batch_size=cfg.eval.eval_batch_size, fpr_limit=cfg.eval.fpr_limit,
                     maps_path=maps_path, maps_size=cfg.eval.maps_size, num_workers=cfg.train.num_workers,
-                    amp=cfg.train.amp, resolution=cfg.eval.eval_resolution)
+                    amp=cfg.train.amp, resolution=cfg.eval.eval_resolution, precision=cfg.eval.eval_precision)
 
 
 def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, device, started: str, epoch: str) -> dict:
@@ -151,7 +152,7 @@ def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, devic
         "environment": describe_environment(device),
         "timings": {"eval_s": result.seconds, "eval_img_s": result.images_per_second},
         "eval": {"resolution": result.resolution, "score": cfg.model.score, "fpr_limit": cfg.eval.fpr_limit,
-                 "epoch": epoch},
+                 "precision": result.precision, "epoch": epoch},
         "metrics": result.metrics,
         "artifacts": {"checkpoint": CHECKPOINT_NAME, "maps": "maps.npz" if cfg.eval.save_maps else None},
         "started": started,

@@ -1,10 +1,13 @@
 """Training: fit the decoder of an AGPNet on normal images, with checkpoints and resume.
 
 AdamW on the decoder only, step decay of the learning rate, gradient clipping, the EMA decoder
-updated after every step. The clean features and A_prior of every training image are computed
-once (a pre-pass) and reused: only the image-perturbed pass runs the encoder in each step.
-Memory of that cache: N_images * h*w * C values, float16 on CUDA (ViT-S at 256 px: 196 KB per
-image, 0.7 GB for the 3629 MVTec-AD training images), float32 on CPU.
+updated after every step. The training images are decoded once and kept as uint8 (image_cache:
+on the GPU, or in host memory; 0.6 GB for MVTec-AD at 256 px), so no DataLoader runs in the
+loop. The clean features and A_prior of every training image are computed once (a pre-pass) and
+reused: only the image-perturbed pass runs the encoder in each step. Memory of that cache:
+N_images * h*w * C values, float16 on CUDA (ViT-S at 256 px: 196 KB per image, 0.7 GB for the
+3629 MVTec-AD training images), float32 on CPU. The method has no random augmentation, so both
+caches change nothing; a dataset that declares a random transform is refused by both.
 
 Randomness (data order, noise) is reseeded at the start of every epoch from (seed, epoch), so
 a run resumed from an end-of-epoch checkpoint continues exactly as an uninterrupted one.
@@ -12,9 +15,11 @@ a run resumed from an end-of-epoch checkpoint continues exactly as an uninterrup
 
 import dataclasses
 import logging
+import math
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from tqdm.auto import tqdm
 import agpnet
 from agpnet.atomic import atomic_write
 from agpnet.config import TrainConfig
+from agpnet.data.decoded import DecodedImages
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNet, AGPNetConfig
 from agpnet.model.agpnet import assemble
@@ -38,11 +44,12 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "agpnet-checkpoint-2"
 SYNC_EVERY = 10  # steps between host syncs (loss check, progress bar)
+IMAGE_CACHE_SHARE = 0.25  # image_cache=auto keeps the decoded images on the GPU up to this share of its free memory
 # Fields that may change when resuming. num_workers and checkpoint_every do not change the result;
 # compile and compile_mode change the floating-point rounding, so a run resumed with another compile
 # setting (or on another device) is not bit-identical: each stretch of training is listed in the
 # checkpoint's and the record's `segments`.
-RESUME_FREE_FIELDS = ("num_workers", "checkpoint_every", "compile", "compile_mode")
+RESUME_FREE_FIELDS = ("num_workers", "checkpoint_every", "image_cache", "compile", "compile_mode")
 
 
 class TrainingDiverged(AgpnetError):
@@ -101,23 +108,23 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
         model.compile_in_place(cfg.compile_mode)
 
     started = time.perf_counter()
-    workers = loader_workers(cfg.num_workers, device)
     amp = autocast(cfg.amp, device)
     order = torch.Generator()  # the shuffle alone draws from it: the order does not depend on workers
-    worker_seeds = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=RandomSampler(train_set, generator=order),
-                        num_workers=workers, generator=worker_seeds, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0)
-    steps = len(loader)
+    batches = TrainingBatches(train_set, cfg, device, order)
+    steps = batches.steps
     live.update(force=True, stage="features", epoch=start_epoch, epochs=cfg.epochs, step=start_epoch * steps,
                 steps=cfg.epochs * steps, loss=None, img_s=None)
     decay_epoch = round(cfg.lr_decay_at * cfg.epochs)
     saved = start_epoch if start_epoch else None  # epoch of the checkpoint on disk from this run
     n_images = 0
     cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
-    cache = FeatureCache(model, train_set, cfg.batch_size, workers, device, amp) if cfg.cache_features else None
+    if cfg.cache_features and getattr(train_set, "random_transform", False):
+        raise AgpnetError("train config cache_features=true: the training set applies a random transform, so cached "
+                          "features would go stale; use cache_features=false")
+    cache = FeatureCache(model, batches.in_order(), len(train_set), device, amp) if cfg.cache_features else None
     segment = {"from_epoch": start_epoch, "to_epoch": start_epoch, "device": str(device), "compile": cfg.compile,
-               "compile_mode": cfg.compile_mode, "feature_cache": str(cache.features.dtype) if cache else None}
+               "compile_mode": cfg.compile_mode, "feature_cache": str(cache.features.dtype) if cache else None,
+               "image_cache": batches.place}
     segments.append(segment)
     live.update(force=True, stage="train")
     with tqdm(total=(cfg.epochs - start_epoch) * steps, disable=not progress, desc="train", unit="step") as bar:
@@ -126,11 +133,10 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * cfg.batch_size / 8 * (cfg.lr_decay_gamma if epoch >= decay_epoch else 1.0)
             step_losses, checked = [], 0
-            for i, batch in enumerate(loader):
+            for i, (images, index) in enumerate(batches.shuffled()):
                 if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
                     torch.compiler.cudagraph_mark_step_begin()
-                images = batch["image"].to(device, non_blocking=True)
-                clean = cache.get(batch["index"]) if cache is not None else None
+                clean = cache.get(index) if cache is not None else None
                 with amp:
                     loss = model.training_loss(images, (epoch * steps + i) / (cfg.epochs * steps), clean=clean)
                 optimizer.zero_grad(set_to_none=True)
@@ -164,6 +170,8 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     live.update(force=True, stage="trained")
+    if cfg.compile:  # evaluation runs the plain modules: one pass does not repay a compilation for its batch size
+        model.compile_in_place(None)
     model.eval()
     return TrainResult(losses, seconds, n_images / seconds, path, segments)
 
@@ -190,21 +198,85 @@ def seed_epoch(seed: int, epoch: int, order: torch.Generator) -> None:
     order.manual_seed(s)
 
 
+class TrainingBatches:
+    """The training images, batch by batch, on the device: from the decoded-image cache (gathered
+    there; cfg.image_cache) or from a DataLoader that decodes them every epoch."""
+
+    def __init__(self, train_set, cfg: TrainConfig, device: torch.device, order: torch.Generator):
+        self.dataset, self.batch_size, self.device, self.order = train_set, cfg.batch_size, device, order
+        self.workers = loader_workers(cfg.num_workers, device)
+        self.steps = math.ceil(len(train_set) / cfg.batch_size)
+        self.place = image_cache_place(cfg.image_cache, train_set, device)
+        self.decoded = None
+        if self.place is not None:
+            where = device if self.place == "device" else torch.device("cpu")
+            self.decoded = DecodedImages(train_set, where, self.workers, pin=self.place == "host" and device.type == "cuda")
+        else:
+            self.loader = DataLoader(train_set, batch_size=cfg.batch_size,
+                                     sampler=RandomSampler(train_set, generator=order), num_workers=self.workers,
+                                     generator=torch.Generator().manual_seed(cfg.seed),
+                                     pin_memory=device.type == "cuda", persistent_workers=self.workers > 0)
+
+    def shuffled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch: (images (B, 3, S, S) on the device, item indices (B,)) in the order drawn from
+        `order` (the same order with and without the cache)."""
+        if self.decoded is None:
+            for batch in self.loader:
+                yield batch["image"].to(self.device, non_blocking=True), batch["index"]
+            return
+        permutation = torch.randperm(len(self.dataset), generator=self.order)  # what RandomSampler draws
+        for index in permutation.split(self.batch_size):
+            yield self.decoded.batch(index, self.device), index
+
+    def in_order(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every item once, in index order, as (images on the device, indices)."""
+        if self.decoded is None:
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers)
+            for batch in loader:
+                yield batch["image"].to(self.device, non_blocking=True), batch["index"]
+            return
+        for index in torch.arange(len(self.dataset)).split(self.batch_size):
+            yield self.decoded.batch(index, self.device), index
+
+
+def image_cache_place(setting: str, train_set, device: torch.device) -> str | None:
+    """Where the decoded training images are kept: "device", "host" or None (decoded every epoch).
+    auto: on the GPU when they take at most IMAGE_CACHE_SHARE of its free memory, else on the host;
+    None for datasets that cannot be cached (no read_pixels)."""
+    if setting == "off":
+        return None
+    if getattr(train_set, "random_transform", False):
+        raise AgpnetError(f"train config image_cache={setting}: the training set applies a random transform, so "
+                          "decoded images would go stale; use image_cache=off")
+    if not hasattr(train_set, "read_pixels"):
+        if setting == "auto":
+            return None
+        raise AgpnetError(f"train config image_cache={setting}: this training set has no decoded pixels to keep "
+                          "(expected an AnomalyDataset); use image_cache=off")
+    if setting != "auto":
+        return setting
+    if device.type != "cuda":
+        return "host"
+    free, _ = torch.cuda.mem_get_info(device)
+    return "device" if DecodedImages.size_of(train_set) <= IMAGE_CACHE_SHARE * free else "host"
+
+
 class FeatureCache:
     """F_clean (n, h*w, C) and A_prior (n, h, w) of every training item, on `device`, by item index."""
 
-    def __init__(self, model: AGPNet, dataset, batch_size: int, workers: int, device: torch.device, amp):
-        n, (h, w) = len(dataset), model.grid
+    def __init__(self, model: AGPNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int,
+                 device: torch.device, amp):
+        """batches: (images (B, 3, S, S) on `device`, item indices (B,)) covering items 0..n-1."""
+        h, w = model.grid
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         self.features = torch.empty(n, h * w, model.encoder.dim, dtype=dtype, device=device)
         self.attention = torch.empty(n, h, w, dtype=torch.float32, device=device)
         filled = torch.zeros(n, dtype=torch.bool)
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers):
-            index = batch["index"]
+        for images, index in batches:
             if index.min() < 0 or index.max() >= n:
                 raise AgpnetError(f"training set item index {int(index.max())}: expected 0..{n - 1}")
             with amp:
-                f_clean, a_prior = model.encode_clean(batch["image"].to(device))
+                f_clean, a_prior = model.encode_clean(images)
             self.features[index.to(device)] = f_clean.to(dtype)
             self.attention[index.to(device)] = a_prior.float()
             filled[index] = True

@@ -82,3 +82,34 @@ def test_cuda_compiled_training_matches_eager_and_saves_a_plain_checkpoint(tiny_
     for batch in (images[:4], images[4:], images[:4]):  # two batch sizes, then the first again
         torch.testing.assert_close(model.predict(batch.cuda())["score"].cpu(), on_cpu.predict(batch)["score"],
                                    rtol=1e-3, atol=1e-4)
+
+
+def test_cuda_image_cache_on_the_device_matches_the_dataloader(synth_root, tiny_model_fields, tmp_path):
+    from test_train import anomaly_dataset
+
+    losses = {}
+    for image_cache in ("off", "device"):
+        result = fit(make_model(tiny_model_fields), anomaly_dataset(synth_root), TrainConfig(
+            epochs=2, batch_size=3, lr=6e-3, image_cache=image_cache), tmp_path / image_cache, "cuda", progress=False)
+        assert result.segments[0]["image_cache"] == (None if image_cache == "off" else "device")
+        losses[image_cache] = result.loss_per_epoch
+    assert losses["device"] == pytest.approx(losses["off"], rel=1e-5)
+
+
+def test_cuda_graphs_for_a_whole_run_with_resume_and_evaluation(synth_root, tiny_model_fields, tmp_path):
+    """compile_mode=reduce-overhead end to end: training (image cache on the device), checkpoint,
+    resume of the finished run, evaluation (uncompiled); metrics close to an eager run's."""
+    from agpnet.run import run_experiment
+
+    records = {}
+    for name, extra in (("eager", {}), ("graphs", {"compile": True, "compile_mode": "reduce-overhead"})):
+        cfg = RunConfig.from_flat({"dataset": "mvtec", "root": str(synth_root), "setting": "multi-class",
+                                   "epochs": 2, "batch_size": 4, "weights": "random", "device": "cuda",
+                                   "checkpoint_every": 1, "image_cache": "device", "out_dir": str(tmp_path / name),
+                                   **tiny_model_fields, **extra})
+        records[name] = run_experiment(cfg, progress=False)
+    resumed = run_experiment(cfg, resume=True, progress=False)  # finished: evaluates the checkpoint again
+    assert resumed["loss_per_epoch"] == records["graphs"]["loss_per_epoch"]
+    assert records["graphs"]["loss_per_epoch"] == pytest.approx(records["eager"]["loss_per_epoch"], rel=0.05)
+    for key, value in records["eager"]["metrics"]["mean"].items():
+        assert records["graphs"]["metrics"]["mean"][key] == pytest.approx(value, abs=0.05), key

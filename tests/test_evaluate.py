@@ -33,10 +33,12 @@ def test_original_resolution_equals_input_resolution_when_sizes_match(synth_root
         assert at_original.metrics[category] == pytest.approx(values, nan_ok=True), category
 
 
-def test_original_resolution_upsamples_maps_to_the_original_masks(synth_root, tiny_model_fields):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_original_resolution_upsamples_maps_to_the_original_masks(synth_root, tiny_model_fields, precision):
     model = _model(tiny_model_fields, image_size=32)  # maps 32 px, images and masks 64 px
     test_set = _test_set(synth_root, model)
-    result = evaluate(model, test_set, torch.device("cpu"), batch_size=4, resolution="original")
+    result = evaluate(model, test_set, torch.device("cpu"), batch_size=4, resolution="original", precision=precision)
+    assert result.precision == precision
 
     images = torch.stack([test_set[i]["image"] for i in range(len(test_set))])
     with torch.no_grad():
@@ -45,7 +47,8 @@ def test_original_resolution_upsamples_maps_to_the_original_masks(synth_root, ti
     masks = torch.stack([torch.from_numpy(load_mask(s.mask) > 0) if s.mask else torch.zeros(64, 64, dtype=bool)
                          for s in test_set.samples])
     labels = torch.tensor([s.label for s in test_set.samples])
-    # the accumulator stores maps as float16: compare with float16-rounded maps
-    expected = {**image_metrics(out["score"], labels), **pixel_metrics(maps.half().float(), masks)}
+    # fp32: the metrics of the float32 maps, exactly; bf16: the accumulator keeps float16 maps
+    kept = maps if precision == "fp32" else maps.half().float()
+    expected = {**image_metrics(out["score"], labels), **pixel_metrics(kept, masks)}
     for key, value in expected.items():
         assert result.metrics["wood"][key] == pytest.approx(value, abs=1e-9), key

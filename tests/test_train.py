@@ -145,6 +145,7 @@ def test_compile_compiles_encoder_and_decoders_in_place(tiny_model_fields, tmp_p
     expected = fit(plain, Stripes(8), quick(epochs=2), tmp_path / "plain", "cpu", progress=False)
     result = fit(model, Stripes(8), quick(epochs=2, compile=True), tmp_path / "compiled", "cpu", progress=False)
     assert compiled == [model.encoder, model.decoder, model.decoder_ema]
+    assert all(m._compiled_call_impl is None for m in compiled)  # handed back uncompiled, for evaluation
     assert result.loss_per_epoch == pytest.approx(expected.loss_per_epoch, rel=1e-6)
     loaded, _ = load_checkpoint(result.checkpoint, "cpu")  # strict load: no "_orig_mod." prefixes
     images = Stripes(4, seed=9).images
@@ -214,14 +215,8 @@ def test_unwritable_progress_file_does_not_stop_training(tiny_model_fields, tmp_
 def test_feature_cache_holds_clean_features_and_prior_attention(tiny_model_fields):
     model = make_model(tiny_model_fields)
     data = Stripes(5)
-    cache = FeatureCache(
-        model,
-        data,
-        batch_size=2,
-        workers=0,
-        device=torch.device("cpu"),
-        amp=torch.autocast("cpu", enabled=False),
-    )
+    batches = ((data.images[i:i + 2], torch.arange(i, min(i + 2, 5))) for i in range(0, 5, 2))
+    cache = FeatureCache(model, batches, 5, device=torch.device("cpu"), amp=torch.autocast("cpu", enabled=False))
     index = torch.tensor([4, 0])
     f_clean, a_prior = model.encode_clean(data.images[index])
     cached_f, cached_a = cache.get(index)
@@ -269,8 +264,61 @@ def test_resume_refuses_other_data_and_lists_the_training_segments(tiny_model_fi
                   data=identity)
     assert resumed.segments == [
         {"from_epoch": 0, "to_epoch": 1, "device": "cpu", "compile": False, "compile_mode": "default",
-         "feature_cache": "torch.float32"},
+         "feature_cache": "torch.float32", "image_cache": None},
         {"from_epoch": 1, "to_epoch": 2, "device": "cpu", "compile": False, "compile_mode": "default",
-         "feature_cache": "torch.float32"}]
+         "feature_cache": "torch.float32", "image_cache": None}]
     _, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["data"] == identity and meta["segments"] == resumed.segments
+
+
+def anomaly_dataset(root, **kwargs):
+    from agpnet.data import AnomalyDataset, load_split
+
+    return AnomalyDataset(load_split("mvtec", root, "one-class", category="wood").train, image_size=64, **kwargs)
+
+
+def test_image_cache_changes_nothing(tiny_model_fields, tmp_path, synth_root):
+    """Decoded images kept on the host (gathered there, no DataLoader) give bit-identical losses and
+    weights to the DataLoader path, with and without the feature cache, and resume exactly."""
+    results = {}
+    for image_cache in ("off", "host"):
+        for cache_features in (True, False):
+            model = make_model(tiny_model_fields)
+            cfg = quick(epochs=2, image_cache=image_cache, cache_features=cache_features)
+            result = fit(model, anomaly_dataset(synth_root), cfg, tmp_path / f"{image_cache}{cache_features}", "cpu",
+                         progress=False)
+            assert result.segments[0]["image_cache"] == (None if image_cache == "off" else "host")
+            results[image_cache, cache_features] = (result.loss_per_epoch, decoder_state(model))
+    for cache_features in (True, False):
+        (off_losses, off_state), (host_losses, host_state) = (results["off", cache_features],
+                                                              results["host", cache_features])
+        assert host_losses == off_losses
+        for key in off_state:
+            assert torch.equal(host_state[key], off_state[key]), key
+
+
+class Augmented(torch.utils.data.Dataset):
+    random_transform = True
+
+    def __init__(self, dataset):
+        self.dataset, self.image_size = dataset, dataset.image_size
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+    def read_pixels(self, index):
+        return self.dataset.read_pixels(index)
+
+
+def test_caches_refuse_a_dataset_with_a_random_transform(tiny_model_fields, tmp_path, synth_root):
+    data = Augmented(anomaly_dataset(synth_root))
+    with pytest.raises(AgpnetError, match="image_cache=auto: the training set applies a random transform"):
+        fit(make_model(tiny_model_fields), data, quick(epochs=1), tmp_path, "cpu", progress=False)
+    with pytest.raises(AgpnetError, match="cache_features=true: the training set applies a random transform"):
+        fit(make_model(tiny_model_fields), data, quick(epochs=1, image_cache="off"), tmp_path, "cpu", progress=False)
+    with pytest.raises(AgpnetError, match="image_cache=host: this training set has no decoded pixels"):
+        fit(make_model(tiny_model_fields), Stripes(4), quick(epochs=1, image_cache="host"), tmp_path, "cpu",
+            progress=False)

@@ -29,7 +29,13 @@ class AnomalyDataset(Dataset):
     DataLoader worker process keeps its own cache). `fast_jpeg=True` decodes JPEGs in Pillow's
     draft mode at a reduced scale (still >= S) before the resize: faster for large photos, but not
     the full decode that published numbers use.
+
+    `random_transform = False`: an item is the same at every read (no random augmentation), so
+    training may keep decoded images and encoder features of it; a dataset with a random
+    transform must set it True, and training then refuses those caches.
     """
+
+    random_transform = False
 
     def __init__(
         self,
@@ -61,7 +67,7 @@ class AnomalyDataset(Dataset):
             if self.cache:
                 self._cached[index] = (pixels, packed)
         size = self.image_size
-        image = (torch.from_numpy(pixels).float() - self._offset) / self._scale
+        image = self.normalize(torch.from_numpy(pixels))
         if packed is None:
             mask = torch.zeros(size, size, dtype=torch.bool)
         else:
@@ -76,11 +82,26 @@ class AnomalyDataset(Dataset):
             "index": index,
         }
 
+    def read_pixels(self, index: int) -> np.ndarray:
+        """The decoded, resized image of item `index`: uint8 (3, S, S) (not kept in the dataset's cache)."""
+        if index in self._cached:
+            return self._cached[index][0]
+        return self._decode(self.samples[index])
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, S, S) on any device -> float32 normalised images, exactly as items are."""
+        offset, scale = self._offset.to(pixels.device), self._scale.to(pixels.device)
+        return (pixels.float() - offset) / scale
+
+    def _decode(self, sample: Sample) -> np.ndarray:
+        size = (self.image_size, self.image_size)
+        image = load_rgb(sample.image, draft_size=size if self.fast_jpeg else None).resize(size, Image.BILINEAR)
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
     def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
         """(uint8 (3,S,S) image, bit-packed (S*S,) mask or None)."""
         size = (self.image_size, self.image_size)
-        image = load_rgb(sample.image, draft_size=size if self.fast_jpeg else None).resize(size, Image.BILINEAR)
-        pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+        pixels = self._decode(sample)
         if sample.mask is None:
             return pixels, None
         mask = Image.fromarray(load_mask(sample.mask)).resize(size, Image.NEAREST)

@@ -168,11 +168,16 @@ class AGPNet(nn.Module):
             ema, live = list(self.decoder_ema.parameters()), list(self.decoder.parameters())
             torch._foreach_lerp_(ema, live, 1.0 - self.ema_decay(step))
 
-    def compile_in_place(self, mode: str = "default") -> None:
+    def compile_in_place(self, mode: str | None = "default") -> None:
         """torch.compile the encoder, the decoder and the EMA decoder in place (`mode` as in
-        torch.compile): parameter names, checkpoints and the EMA update stay those of the plain model."""
+        torch.compile; None: back to the plain modules): parameter names, checkpoints and the EMA
+        update stay those of the plain model."""
         for module in (self.encoder, self.decoder, self.decoder_ema):
-            if module is not None:
+            if module is None:
+                continue
+            if mode is None:
+                module._compiled_call_impl = None  # what nn.Module.compile sets; None calls forward as usual
+            else:
                 module.compile(mode=mode)
 
     # -- inspection (notebooks, viewer) --------------------------------------------------
