@@ -2,7 +2,7 @@
 
 AdamW on the decoder only, step decay of the learning rate, gradient clipping, the EMA decoder
 updated after every step. The training images are decoded once and kept as uint8 (image_cache:
-on the GPU, or in host memory; 0.6 GB for MVTec-AD at 256 px), so no DataLoader runs in the
+on the GPU, or in host memory; 0.7 GB for MVTec-AD at 256 px), so no DataLoader runs in the
 loop. The clean features and A_prior of every training image are computed once (a pre-pass) and
 reused: only the image-perturbed pass runs the encoder in each step. Memory of that cache:
 N_images * h*w * C values, float16 on CUDA (ViT-S at 256 px: 196 KB per image, 0.7 GB for the

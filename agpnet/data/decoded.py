@@ -1,7 +1,7 @@
 """Decoded training images kept in memory: every image is read, decoded and resized once.
 
 `DecodedImages(dataset, device, workers)` holds uint8 (N, 3, S, S) pixels (3*S*S bytes per image:
-0.6 GB for the 3,629 MVTec-AD training images at 256 px) on `device` (a GPU, or the host; host
+0.7 GB for the 3,629 MVTec-AD training images at 256 px) on `device` (a GPU, or the host; host
 memory is pinned when `pin` is set), filled in one pass of a DataLoader. `batch(index)` gathers and
 normalises a batch on that device, bit-identical to the dataset's own items.
 """
