@@ -280,18 +280,12 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if missing:
         raise AgpnetError(f"{path}: damaged checkpoint, it lacks {', '.join(missing)}")
-    for key, config_cls in (("model_config", AGPNetConfig.from_dict), ("train_config", _train_config)):
+    for key, build in (("model_config", AGPNetConfig.from_dict), ("train_config", lambda d: TrainConfig(**d))):
         try:
-            config_cls(state[key])
+            build(state[key])
         except (AgpnetError, TypeError, ValueError) as err:
             raise AgpnetError(f"{path}: its {key.replace('_', ' ')} is not valid for this agpnet ({err})") from None
     return state
-
-
-def _train_config(stored) -> TrainConfig:
-    if not isinstance(stored, dict):
-        raise TypeError(f"expected a mapping, got {type(stored).__name__}")
-    return TrainConfig(**stored)
 
 
 def check_resumable(state: dict, model: AGPNet, cfg: TrainConfig, fingerprint: str, path: Path) -> None:
