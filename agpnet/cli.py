@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from agpnet.config import EVAL_RESOLUTIONS
-from agpnet.errors import AgpnetError
+from agpnet.errors import AgpnetError, error_line
 
 EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_MEMORY = 3
@@ -23,11 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except AgpnetError as err:
-        print(f"agpnet: error: {err}", file=sys.stderr)
+        print(f"agpnet: error: {error_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:  # a folder or file we were told to write to (or read) is not usable
-        where = err.filename or "a file"
-        print(f"agpnet: error: {where}: {err.strerror or err}", file=sys.stderr)
+        print(f"agpnet: error: {_os_error_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (MemoryError, RuntimeError) as err:
         if not _out_of_memory(err):
@@ -39,6 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agpnet: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error_line(err: OSError) -> str:
+    if isinstance(err, FileExistsError):  # mkdir(exist_ok=True) of a path that is a file
+        return f"{err.filename}: expected a folder, found a file"
+    if isinstance(err, NotADirectoryError):
+        return f"{err.filename}: expected a folder, but it (or a folder above it) is a file"
+    reason = err.strerror or error_line(err)
+    return f"{err.filename}: {reason}" if err.filename else reason
 
 
 def _out_of_memory(err: BaseException) -> bool:
@@ -69,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--setting", default="multi-class", choices=("multi-class", "one-class"))
     ev.add_argument("--category")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=_positive_int, default=16)
+    ev.add_argument("--batch-size", default=16)
     ev.add_argument("--save-maps", action="store_true")
     ev.add_argument("--resolution", choices=EVAL_RESOLUTIONS, default="input",
                     help="compare maps and masks at the model's input size or at each image's original size")
@@ -84,15 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pr.add_argument("--out", required=True)
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--batch-size", type=_positive_int, default=16)
+    pr.add_argument("--batch-size", default=16)
     pr.set_defaults(handler=_cmd_predict)
 
     sy = commands.add_parser("synth", help="write the synthetic demo dataset (MVTec-AD layout)")
     sy.add_argument("--out", required=True)
-    sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--image-size", type=int, default=256)
-    sy.add_argument("--n-train", type=int, default=80)
-    sy.add_argument("--n-test", type=int, default=40)
+    sy.add_argument("--seed", default=0)
+    sy.add_argument("--image-size", default=256)
+    sy.add_argument("--n-train", default=80)
+    sy.add_argument("--n-test", default=40)
     sy.set_defaults(handler=_cmd_synth)
 
     sw = commands.add_parser("sweep", help="run a grid of notebooks with papermill (resumable)")
@@ -121,11 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
+def _integer(value, flag: str, minimum: int = 0) -> int:
+    """A flag's text as an integer >= minimum, or one AgpnetError naming the flag (argparse's own
+    type errors print its usage block)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise AgpnetError(f"{flag} {value}: expected an integer >= {minimum}")
+    return number
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +178,8 @@ def _cmd_eval(args) -> int:
     from agpnet.run import evaluate_checkpoint
 
     record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, root=args.root, setting=args.setting,
-                                 category=args.category, device=args.device, batch_size=args.batch_size,
+                                 category=args.category, device=args.device,
+                                 batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
                                  save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution,
                                  overwrite=args.overwrite, precision=args.precision)
     _print_metrics(record["metrics"])
@@ -176,7 +190,8 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     from agpnet.predict import predict_images
 
-    csv_path = predict_images(args.checkpoint, args.inputs, args.out, device=args.device, batch_size=args.batch_size)
+    batch_size = _integer(args.batch_size, "--batch-size", minimum=1)
+    csv_path = predict_images(args.checkpoint, args.inputs, args.out, device=args.device, batch_size=batch_size)
     print(f"scores: {csv_path}")
     return 0
 
@@ -184,8 +199,9 @@ def _cmd_predict(args) -> int:
 def _cmd_synth(args) -> int:
     from agpnet.data.synth import write_synthetic_dataset
 
-    root = write_synthetic_dataset(args.out, seed=args.seed, image_size=args.image_size, n_train=args.n_train,
-                                   n_test=args.n_test)
+    root = write_synthetic_dataset(args.out, seed=_integer(args.seed, "--seed"),
+                                   image_size=_integer(args.image_size, "--image-size"),
+                                   n_train=_integer(args.n_train, "--n-train"), n_test=_integer(args.n_test, "--n-test"))
     print(f"synthetic dataset: {root}")
     return 0
 

@@ -8,6 +8,8 @@ file, CLI flags, papermill parameters, a sweep cell) is enough to set any of the
 
 import dataclasses
 import json
+import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +27,26 @@ CHOICES = {
     "feature_noise_scale": ("token_norm", "unit"),
     "image_branch_attention": ("clean", "perturbed"),
     "score": ("max", "pooled-max"),
+}
+
+# The allowed range of every numeric field, whatever the source (CLI, YAML, sweep, code): ">= a",
+# "> a", or an interval "[a, b)" (brackets include the bound). The field's type says whether a whole
+# number is needed; NaN, infinities and booleans are never numbers here; None passes where allowed.
+SEED_RANGE = "[0, 4294967295]"
+NUMBER_RULES = {
+    # model
+    "image_size": ">= 1", "init_seed": SEED_RANGE, "decoder_depth": ">= 1", "decoder_heads": ">= 1",
+    "decoder_mlp_ratio": "> 0", "ema_decay": "[0, 1)", "alpha_max": ">= 0", "schedule_steps": ">= 2",
+    "beta": ">= 0", "mask_ratio_max": "[0, 1]", "image_noise_std": ">= 0", "smoothing_sigma": ">= 0",
+    "score_pool": ">= 1",
+    # train
+    "epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0", "weight_decay": ">= 0", "lr_decay_at": "[0, 1]",
+    "lr_decay_gamma": "> 0", "grad_clip": ">= 0", "seed": SEED_RANGE, "checkpoint_every": ">= 0",
+    "num_workers": ">= 0",
+    # data
+    "shots": ">= 1",
+    # eval
+    "eval_batch_size": ">= 1", "fpr_limit": "(0, 1]", "maps_size": ">= 1",
 }
 
 
@@ -79,15 +101,7 @@ class AGPNetConfig:
                               "image_size field; remove it from backbone_kwargs")
         if not self.blocks or min(self.blocks) < 1 or len(set(self.blocks)) != len(self.blocks):
             raise AgpnetError(f"model config blocks={self.blocks}: expected distinct 1-indexed block numbers")
-        _check(self.image_size > 0, "image_size", self.image_size, "a positive number of pixels")
-        _check(self.decoder_depth >= 1, "decoder_depth", self.decoder_depth, ">= 1")
-        _check(self.decoder_heads >= 1, "decoder_heads", self.decoder_heads, ">= 1")
-        _check(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "in [0, 1)")
-        _check(0.0 <= self.mask_ratio_max <= 1.0, "mask_ratio_max", self.mask_ratio_max, "in [0, 1]")
-        _check(self.schedule_steps >= 2, "schedule_steps", self.schedule_steps, ">= 2")
-        for name in ("alpha_max", "beta", "image_noise_std", "smoothing_sigma"):
-            _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
-        _check(self.score_pool >= 1, "score_pool", self.score_pool, ">= 1")
+        check_numbers("model", self)
 
     def to_dict(self) -> dict:
         """Plain dict (lists, no tuples) for checkpoints and run records."""
@@ -102,11 +116,6 @@ class AGPNetConfig:
         if unknown:
             raise AgpnetError(f"model config: unknown field(s) {', '.join(unknown)}")
         return cls(**d)
-
-
-def _check(ok: bool, name: str, value, expected: str) -> None:
-    if not ok:
-        raise AgpnetError(f"model config {name}={value!r}: expected {expected}")
 
 
 IMAGE_CACHES = ("auto", "device", "host", "off")
@@ -141,11 +150,7 @@ class TrainConfig:
             raise AgpnetError(f"train config image_cache={self.image_cache!r}: expected one of {', '.join(IMAGE_CACHES)}")
         if self.compile_mode not in ("default", "reduce-overhead"):
             raise AgpnetError(f"train config compile_mode={self.compile_mode!r}: expected default or reduce-overhead")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise AgpnetError(f"train config {name}={getattr(self, name)!r}: expected >= 1")
-        if not 0.0 <= self.lr_decay_at <= 1.0:
-            raise AgpnetError(f"train config lr_decay_at={self.lr_decay_at!r}: expected a fraction in [0, 1]")
+        check_numbers("train", self)
 
 
 @dataclass
@@ -159,6 +164,9 @@ class DataConfig:
     shots: int | None = None  # few-shot: k normal training images per category
     fast_jpeg: bool = False  # decode JPEGs in Pillow's draft mode (reduced scale) before the resize: faster, not
     #                          the full decode published numbers use
+
+    def __post_init__(self):
+        check_numbers("data", self)
 
 
 EVAL_RESOLUTIONS = ("input", "original")  # maps and masks at S x S, or at each image's own size
@@ -182,11 +190,7 @@ class EvalConfig:
             raise AgpnetError(f"eval config eval_precision={self.eval_precision!r}: expected fp32 or bf16")
         if self.eval_resolution not in EVAL_RESOLUTIONS:
             raise AgpnetError(f"eval config eval_resolution={self.eval_resolution!r}: expected input or original")
-        for name in ("eval_batch_size", "maps_size"):
-            if getattr(self, name) < 1:
-                raise AgpnetError(f"eval config {name}={getattr(self, name)!r}: expected >= 1")
-        if not 0.0 < self.fpr_limit <= 1.0:
-            raise AgpnetError(f"eval config fpr_limit={self.fpr_limit!r}: expected a fraction in (0, 1]")
+        check_numbers("eval", self)
 
 
 @dataclass
@@ -269,26 +273,59 @@ def _coerce(key: str, value, annotation):
     elif isinstance(value, str) and base is not str:
         value = parse_yaml_value(value, f"config field {key!r}")
     try:
-        if base is bool:
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if base in (int, float, str):
-            if base is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return base(value)
         if origin in (tuple, list):
-            if isinstance(value, int):
-                value = [value]
             (item,) = {a for a in typing.get_args(base) if a is not Ellipsis}
-            return origin(item(v) for v in value)
+            return origin(_scalar(v, item) for v in (value if isinstance(value, list | tuple) else [value]))
         if origin is dict or base is dict:
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
+        if base in (bool, int, float, str):
+            return _scalar(value, base)
     except (TypeError, ValueError):
         raise AgpnetError(f"config field {key!r}: got {value!r}; expected {_type_name(base)}") from None
     return value
+
+
+def _scalar(value, kind: type):
+    """value as bool, int, float or str; raises ValueError for a non-bool as bool, a bool as a
+    number (YAML's true is not 1) and a fraction as an integer."""
+    if (kind is bool) != isinstance(value, bool):
+        raise ValueError
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return kind(value)
+
+
+def check_numbers(section: str, config) -> None:
+    """Every int/float field of a config section is a finite number of its type within NUMBER_RULES."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        base, optional = _unwrap_optional(hints[f.name])
+        value = getattr(config, f.name)
+        if base not in (int, float) or (optional and value is None):
+            continue
+        rule = NUMBER_RULES[f.name]
+        kind = numbers.Integral if base is int else numbers.Real
+        if not (isinstance(value, kind) and not isinstance(value, bool)
+                and (isinstance(value, numbers.Integral) or math.isfinite(value)) and _within(value, rule)):
+            expected = "an integer" if base is int else "a finite number"
+            raise AgpnetError(f"{section} config {f.name}={value!r}: expected {expected} {_rule_text(rule)}")
+
+
+def _within(value, rule: str) -> bool:
+    if rule.startswith(">="):
+        return value >= float(rule[2:])
+    if rule.startswith(">"):
+        return value > float(rule[1:])
+    low, high = (float(bound) for bound in rule[1:-1].split(","))
+    above = low <= value if rule[0] == "[" else low < value
+    below = value <= high if rule[-1] == "]" else value < high
+    return above and below
+
+
+def _rule_text(rule: str) -> str:
+    return rule if rule.startswith(">") else f"in {rule}"
 
 
 def _unwrap_optional(annotation):
@@ -300,4 +337,6 @@ def _unwrap_optional(annotation):
 
 
 def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) in (tuple, list):
+        return f"a list of {_type_name(typing.get_args(annotation)[0])}"
     return getattr(annotation, "__name__", str(annotation))

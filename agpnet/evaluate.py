@@ -3,7 +3,7 @@
 By default maps and masks are compared at the model's input resolution (S x S, resize without
 crop; masks nearest-neighbour, binarised > 0), as metrics.md specifies. With
 resolution="original", each map is bilinearly upsampled to its image's original size and
-compared with the original mask (all images of a category must then share one size).
+compared with the original mask; the images of a category may differ in size.
 """
 
 import time

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_metrics_properties import reference_aupro, sklearn_metrics
 
 from agpnet.errors import AgpnetError
 from agpnet.metrics import METRIC_KEYS, MetricAccumulator, MetricWarning, image_metrics, mad, pixel_metrics
@@ -121,14 +122,41 @@ def test_bad_input_raises():
     with pytest.raises(AgpnetError, match="shape"):
         accumulator.add(["a"], [0.1], [0], np.zeros((1, 4, 4)), np.zeros((1, 4, 5), bool))
     accumulator.add(["a"], [0.1], [0], np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
-    with pytest.raises(AgpnetError, match="'a' has maps of size"):
-        accumulator.add(["b", "a"], [0.1, 0.2], [0, 1], np.zeros((2, 8, 8)), np.zeros((2, 8, 8), bool))
+    with pytest.raises(AgpnetError, match="labels"):
+        accumulator.add(["b", "a"], [0.1, 0.2], [0, 2], np.zeros((2, 8, 8)), np.zeros((2, 8, 8), bool))
     with pytest.warns(MetricWarning):  # "a" has neither defective images nor regions
         assert list(accumulator.compute()) == ["a", "mean"]  # the bad batch left no trace
     with pytest.raises(AgpnetError, match="reserved"):
         accumulator.add("mean", [0.1], [0], np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
     with pytest.raises(AgpnetError, match="map_dtype"):
         MetricAccumulator(map_dtype=torch.int8)
+
+
+@pytest.mark.parametrize("backend", [np.asarray, torch.from_numpy])
+def test_maps_of_different_sizes_in_one_category(backend):
+    """Images of their original sizes: pixel metrics over all their pixels as one set, AUPRO
+    over the regions of each image (references: sklearn, and AUPRO from its definition)."""
+    rng = np.random.default_rng(7)
+    sizes = [(12, 9), (7, 15), (12, 9), (5, 5), (16, 11)]  # (H, W)
+    masks = [rng.random(size) < 0.2 for size in sizes]
+    masks[-1][:] = False  # a good image
+    maps = [(rng.integers(0, 6, mask.shape) + 2 * mask).astype(np.float32) / 8 for mask in masks]  # float16-exact
+    labels = np.array([int(mask.any()) for mask in masks])
+    scores = np.array([m.max() for m in maps], dtype=np.float64)
+    accumulator = MetricAccumulator()
+    for rows in ([0, 2], [1], [3], [4]):  # images 0 and 2 share a size: one batch
+        accumulator.add("part", backend(scores[rows]), backend(labels[rows]), backend(np.stack([maps[i] for i in rows])),
+                        backend(np.stack([masks[i] for i in rows])))
+    ours = accumulator.compute(fpr_limit=0.3)["part"]
+
+    pixels = np.concatenate([m.ravel() for m in maps])
+    truth = np.concatenate([m.ravel() for m in masks])
+    auroc, ap, f1 = sklearn_metrics(pixels, truth)
+    assert ours["pixel_auroc"] == pytest.approx(auroc, abs=1e-9)
+    assert ours["pixel_ap"] == pytest.approx(ap, abs=1e-9)
+    assert ours["pixel_f1max"] == pytest.approx(f1, abs=1e-9)
+    assert ours["aupro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-9)
+    assert ours["image_auroc"] == pytest.approx(image_metrics(scores, labels)["image_auroc"], abs=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,8 +1,9 @@
 """RunConfig: flat fields reach the right section, values are converted, bad values are named."""
 
+import numpy as np
 import pytest
 
-from agpnet.config import RunConfig, flat_fields
+from agpnet.config import NUMBER_RULES, AGPNetConfig, RunConfig, TrainConfig, flat_fields, load_yaml_config
 from agpnet.errors import AgpnetError
 
 
@@ -58,3 +59,56 @@ def test_bad_values_name_the_field(values, named):
 def test_optional_fields_accept_none():
     cfg = RunConfig.from_flat({"category": "none", "shots": None})
     assert cfg.data.category is None and cfg.data.shots is None
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": "nan"}, "train config lr=nan: expected a finite number > 0"),
+        ({"lr": -1}, "train config lr=-1.0: expected a finite number > 0"),
+        ({"lr": ".inf"}, "train config lr=inf"),
+        ({"weight_decay": -5}, "train config weight_decay=-5.0: expected a finite number >= 0"),
+        ({"num_workers": -3}, "train config num_workers=-3: expected an integer >= 0"),
+        ({"grad_clip": -1}, "train config grad_clip=-1.0: expected a finite number >= 0"),  # was: clipping off
+        ({"seed": -1}, "train config seed=-1: expected an integer in [0, 4294967295]"),
+        ({"decoder_mlp_ratio": 0}, "model config decoder_mlp_ratio=0.0"),
+        ({"alpha_max": "inf"}, "model config alpha_max=inf"),
+        ({"shots": 0}, "data config shots=0: expected an integer >= 1"),
+        ({"fpr_limit": 0}, "eval config fpr_limit=0.0: expected a finite number in (0, 1]"),
+        ({"epochs": "true"}, "config field 'epochs': got True; expected int"),  # was: 1 epoch
+        ({"epochs": True}, "config field 'epochs': got True; expected int"),
+        ({"lr": False}, "config field 'lr': got False; expected float"),
+        ({"blocks": [2.5, 3]}, "config field 'blocks': got [2.5, 3]; expected a list of int"),
+        ({"blocks": [True, 3]}, "config field 'blocks'"),
+    ],
+)
+def test_numbers_are_checked_wherever_the_config_comes_from(values, message):
+    with pytest.raises(AgpnetError) as info:
+        RunConfig.from_flat(values)
+    assert message in str(info.value)
+
+
+def test_numbers_are_checked_when_a_section_is_built_in_code():
+    with pytest.raises(AgpnetError, match="lr=nan"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(AgpnetError, match="epochs=True"):
+        TrainConfig(epochs=True)
+    with pytest.raises(AgpnetError, match="image_size=64.5"):
+        AGPNetConfig(image_size=64.5)
+    assert TrainConfig(lr=1, seed=np.int64(3)).lr == 1  # ints are numbers; numpy integers are integers
+
+
+def test_every_numeric_field_has_a_range():
+    numeric = [name for name, annotation in flat_fields().items() if annotation in (int, float, int | None, float | None)]
+    assert "lr" in numeric and "shots" in numeric
+    assert set(numeric) == set(NUMBER_RULES)
+
+
+def test_a_key_given_twice_in_a_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 5\nmodel_stuff:\n  a: 1\nepochs: 1\n")
+    with pytest.raises(AgpnetError) as info:
+        load_yaml_config(path)
+    assert str(info.value) == f"{path} line 4: key 'epochs' was already given on line 1; expected each key once"
+    path.write_text("base: &b {lr: 1}\nother:\n  <<: *b\n  lr: 2\n")  # a merge key may be overridden
+    assert load_yaml_config(path) == {"base": {"lr": 1}, "other": {"lr": 2}}

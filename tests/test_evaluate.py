@@ -1,8 +1,10 @@
 """Evaluation at the input resolution (default) and at each image's original resolution."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from agpnet.data import AnomalyDataset, load_mask, load_split
 from agpnet.evaluate import evaluate
@@ -52,3 +54,35 @@ def test_original_resolution_upsamples_maps_to_the_original_masks(synth_root, ti
     expected = {**image_metrics(out["score"], labels), **pixel_metrics(kept, masks)}
     for key, value in expected.items():
         assert result.metrics["wood"][key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_original_resolution_with_images_of_different_sizes(tmp_path, tiny_model_fields):
+    """Phone photos and folder datasets mix sizes: pixel metrics over all original pixels as one
+    set, AUPRO over each image's regions (references: sklearn and AUPRO from its definition)."""
+    from fixtures_data import make_mvtec, write_image, write_mask
+    from test_metrics_properties import reference_aupro, sklearn_metrics
+
+    root = make_mvtec(tmp_path / "mixed", categories=("bottle",), n_train=1)
+    test = root / "bottle" / "test"
+    write_image(test / "crack" / "001.png", size=(48, 24), seed=5)  # (width, height)
+    write_mask(root / "bottle" / "ground_truth" / "crack" / "001_mask.png", size=(48, 24), box=(4, 4, 30, 12))
+    write_image(test / "good" / "001.png", size=(20, 40), seed=6)
+    model = _model(tiny_model_fields, image_size=32)
+    test_set = _test_set(root, model, category="bottle")
+    result = evaluate(model, test_set, torch.device("cpu"), batch_size=4, resolution="original")
+
+    maps, masks = [], []
+    with torch.no_grad():
+        out = model.predict(torch.stack([test_set[i]["image"] for i in range(len(test_set))]))
+    for sample, anomaly_map in zip(test_set.samples, out["anomaly_map"], strict=True):
+        width, height = Image.open(sample.image).size
+        upsampled = F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        maps.append(upsampled[0, 0].half().float().numpy())  # the accumulator stores float16
+        masks.append(load_mask(sample.mask) > 0 if sample.mask else np.zeros((height, width), dtype=bool))
+    assert len({m.shape for m in maps}) == 3
+    auroc, ap, f1 = sklearn_metrics(np.concatenate([m.ravel() for m in maps]), np.concatenate([m.ravel() for m in masks]))
+    metrics = result.metrics["bottle"]
+    assert metrics["pixel_auroc"] == pytest.approx(auroc, abs=1e-9)
+    assert metrics["pixel_ap"] == pytest.approx(ap, abs=1e-9)
+    assert metrics["pixel_f1max"] == pytest.approx(f1, abs=1e-9)
+    assert metrics["aupro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-9)

@@ -34,9 +34,8 @@ def random_pixels(seed: int, n: int = 3, size: int = 12, levels: int = 8):
 def torch_backend(maps, masks, fpr_limit: float = 0.3):
     """Pixel metrics and PRO curve computed with the torch backend (the one accelerator tensors
     take) on CPU tensors; the public functions hand CPU tensors to numpy."""
-    maps, packed, shape = torch.as_tensor(maps), pack_masks(torch.as_tensor(masks)), masks.shape[1:]
-    metrics = functional.pixel_metrics_of_parts([maps], packed, shape, fpr_limit, None)
-    return metrics, functional.pro_curve_of_parts([maps], packed, shape)
+    parts = [(torch.as_tensor(maps), pack_masks(torch.as_tensor(masks)))]
+    return functional.pixel_metrics_of_parts(parts, fpr_limit, None), functional.pro_curve_of_parts(parts)
 
 
 # Test vectors (docs/metrics.md).

@@ -21,17 +21,18 @@ def sklearn_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     return roc_auc_score(labels, scores), average_precision_score(labels, scores), float(f1.max())
 
 
-def reference_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float) -> float:
-    """Straight from the definition: one threshold per distinct score, regions by scipy 8-connectivity."""
+def reference_aupro(maps, masks, fpr_limit: float) -> float:
+    """Straight from the definition: one threshold per distinct score, regions by scipy 8-connectivity.
+    maps and masks: (N, H, W) arrays, or lists of (H_i, W_i) arrays of any sizes."""
     regions = []
     for image, mask in enumerate(masks):
         labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
         regions += [(image, labels == region) for region in range(1, count + 1)]
-    normal = ~masks
+    n_normal = sum((~mask).sum() for mask in masks)
     fprs, pros = [0.0], [0.0]
-    for threshold in np.unique(maps)[::-1]:
-        above = maps >= threshold
-        fprs.append((above & normal).sum() / normal.sum())
+    for threshold in np.unique(np.concatenate([m.ravel() for m in maps]))[::-1]:
+        above = [m >= threshold for m in maps]
+        fprs.append(sum((a & ~mask).sum() for a, mask in zip(above, masks, strict=True)) / n_normal)
         pros.append(np.mean([above[image][region].mean() for image, region in regions]))
     area = 0.0
     for x0, y0, x1, y1 in zip(fprs[:-1], pros[:-1], fprs[1:], pros[1:], strict=True):
@@ -99,7 +100,7 @@ def test_torch_backend_equals_numpy_backend(data):
     maps, masks = data
     ours = pixel_metrics(maps, masks)
     # The torch backend (taken by accelerator tensors) run on CPU tensors.
-    on_torch = pixel_metrics_of_parts([torch.from_numpy(maps)], pack_masks(masks), masks.shape[1:], 0.3, None)
+    on_torch = pixel_metrics_of_parts([(torch.from_numpy(maps), pack_masks(masks))], 0.3, None)
     for key, value in ours.items():
         assert on_torch[key] == pytest.approx(value, abs=1e-9), key
 

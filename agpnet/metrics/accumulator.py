@@ -6,6 +6,9 @@ numpy arrays), so the metrics are exact over the stored float16 values (pass
 pixel); scores and labels on the host. A dataset thus costs about 2 B per pixel, plus,
 during `compute()`, the sort of one category at a time (8 B per pixel of that category on
 the host, 24 B on an accelerator; see `agpnet.metrics.functional`).
+
+Map sizes may differ between batches, also within a category (images of their original sizes):
+the pixel metrics count the pixels of all its images, AUPRO the regions of each image.
 """
 
 import warnings
@@ -33,12 +36,11 @@ _MAP_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 class _Category:
     """What was added for one category: per-batch parts, in the order they came."""
 
-    def __init__(self, shape: tuple[int, int]):
-        self.shape = shape
+    def __init__(self):
         self.scores: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
-        self.maps: list = []  # numpy arrays or tensors (N_b, H, W) of map_dtype
-        self.masks: list[np.ndarray] = []  # packed bits (N_b, ceil(H*W/8)) uint8
+        self.maps: list = []  # numpy arrays or tensors (N_b, H_b, W_b) of map_dtype
+        self.masks: list[np.ndarray] = []  # packed bits (N_b, ceil(H_b*W_b/8)) uint8
 
 
 class MetricAccumulator:
@@ -52,7 +54,8 @@ class MetricAccumulator:
 
     def add(self, categories: Sequence[str] | str, scores, labels, maps, masks) -> None:
         """categories: B names (or one name for the whole batch); scores (B,) float; labels (B,) 0/1;
-        maps (B, H, W) float; masks (B, H, W) bool. numpy arrays or torch tensors, any device."""
+        maps (B, H, W) float; masks (B, H, W) bool. numpy arrays or torch tensors, any device;
+        H and W may change from batch to batch."""
         check_pixel_inputs(maps, masks)
         scores = host_vector(scores, "scores").astype(np.float64)
         labels = host_vector(labels, "labels").astype(np.int64)
@@ -73,19 +76,11 @@ class MetricAccumulator:
         else:
             maps = np.asarray(maps, dtype=_MAP_DTYPES[self.map_dtype])
         packed = pack_masks(masks)
-        shape = tuple(maps.shape[1:])
         if "mean" in categories:
             raise AgpnetError("MetricAccumulator.add: 'mean' is reserved for the mean over categories")
-        names = list(dict.fromkeys(categories.tolist()))  # first-seen order, plain str
-        for name in names:
-            if name in self._categories and self._categories[name].shape != shape:
-                raise AgpnetError(
-                    f"MetricAccumulator.add: category {name!r} has maps of size "
-                    f"{self._categories[name].shape}, got {shape}"
-                )
-        for name in names:
+        for name in dict.fromkeys(categories.tolist()):  # first-seen order, plain str
             rows = np.flatnonzero(categories == name)
-            store = self._categories.setdefault(name, _Category(shape))
+            store = self._categories.setdefault(name, _Category())
             take = torch.from_numpy(rows).to(maps.device) if isinstance(maps, torch.Tensor) else rows
             store.scores.append(scores[rows])
             store.labels.append(labels[rows])
@@ -102,9 +97,8 @@ class MetricAccumulator:
         results = {}
         for name, store in self._categories.items():
             metrics = image_metrics(np.concatenate(store.scores), np.concatenate(store.labels), category=name)
-            parts = _same_backend(store.maps)
-            packed = np.concatenate(store.masks)
-            metrics.update(pixel_metrics_of_parts(parts, packed, store.shape, fpr_limit, name))
+            parts = list(zip(_same_backend(store.maps), store.masks, strict=True))
+            metrics.update(pixel_metrics_of_parts(parts, fpr_limit, name))
             metrics["mad"] = mad(metrics)
             results[name] = metrics
         results["mean"] = _mean_over_categories(results)

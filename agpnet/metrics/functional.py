@@ -60,8 +60,7 @@ def pixel_metrics(maps, masks, fpr_limit: float = 0.3, category: str | None = No
     numpy arrays or torch tensors (masks may be on another device than maps).
     """
     check_pixel_inputs(maps, masks)
-    maps = numpy_if_on_host(maps)
-    return pixel_metrics_of_parts([maps], pack_masks(masks), tuple(masks.shape[1:]), fpr_limit, category)
+    return pixel_metrics_of_parts([(numpy_if_on_host(maps), pack_masks(masks))], fpr_limit, category)
 
 
 def aupro(maps, masks, fpr_limit: float = 0.3, category: str | None = None) -> float:
@@ -73,7 +72,7 @@ def pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, pro) float64 numpy arrays for plotting: (0, 0), then one point per distinct score
     in descending order (ends at (1, 1)). Empty arrays when there is no region or no normal pixel."""
     check_pixel_inputs(maps, masks)
-    return pro_curve_of_parts([numpy_if_on_host(maps)], pack_masks(masks), tuple(masks.shape[1:]))
+    return pro_curve_of_parts([(numpy_if_on_host(maps), pack_masks(masks))])
 
 
 def mad(metrics: dict) -> float:
@@ -94,13 +93,13 @@ class _SortedPixels:
         self.order, self.weights, self.n_pos, self.n_neg = order, weights, n_pos, n_neg
 
 
-def pixel_metrics_of_parts(
-    parts: Sequence, packed_masks: np.ndarray, shape: tuple[int, int], fpr_limit: float, category: str | None
-) -> dict[str, float]:
-    """Pixel metrics of maps given as parts along N (the accumulator's batches) and packed masks."""
+def pixel_metrics_of_parts(parts: Sequence, fpr_limit: float, category: str | None) -> dict[str, float]:
+    """Pixel metrics of the images given as parts (the accumulator's batches): pairs of maps
+    (N_i, H_i, W_i) and their packed masks (N_i, ceil(H_i*W_i/8)); sizes may differ between parts.
+    The pixels of all images count as one set; regions are those of each image."""
     if not 0 < fpr_limit <= 1:
         raise AgpnetError(f"fpr_limit: expected a number in (0, 1], got {fpr_limit}")
-    pixels = _sorted_pixels(parts, packed_masks, shape)
+    pixels = _sorted_pixels(parts)
     if pixels.n_pos == 0:
         _warn("no anomalous pixels (no mask region): pixel AUROC, AP, F1-max and AUPRO are NaN", category)
     elif pixels.n_neg == 0:
@@ -114,9 +113,9 @@ def pixel_metrics_of_parts(
     }
 
 
-def pro_curve_of_parts(parts: Sequence, packed_masks: np.ndarray, shape: tuple[int, int]):
-    """`pro_curve` of maps given as parts along N and packed masks."""
-    pixels = _sorted_pixels(parts, packed_masks, shape)
+def pro_curve_of_parts(parts: Sequence):
+    """`pro_curve` of (maps, packed masks) parts as in `pixel_metrics_of_parts`."""
+    pixels = _sorted_pixels(parts)
     if pixels.n_pos == 0 or pixels.n_neg == 0:
         return np.zeros(0), np.zeros(0)
     fpr, pro = [np.zeros(1)], [np.zeros(1)]
@@ -126,33 +125,28 @@ def pro_curve_of_parts(parts: Sequence, packed_masks: np.ndarray, shape: tuple[i
     return np.concatenate(fpr), np.concatenate(pro)
 
 
-def _sorted_pixels(parts: Sequence, packed_masks: np.ndarray, shape: tuple[int, int]) -> _SortedPixels:
+def _sorted_pixels(parts: Sequence) -> _SortedPixels:
     """Label the regions, build one sort key per pixel (on the maps' device) and sort.
 
     Region weights: each pixel of region r weighs 1 / (size_r * number of regions), so the
     cumulative weight in descending score order is PRO (normal pixels weigh 0).
     """
-    h, w = shape
-    n_images = sum(len(part) for part in parts)
-    packable = all(fits_float32(part) for part in parts)
-    first = parts[0]
-    n = n_images * h * w
+    packable = all(fits_float32(maps) for maps, _ in parts)
+    first = parts[0][0]
+    n = sum(maps.shape[0] * maps.shape[1] * maps.shape[2] for maps, _ in parts)
     if packable:
         key = _empty(n, first, torch.int64, np.int64)
     else:
         scores = _empty(n, first, torch.float64, np.float64)
         ids = _empty(n, first, torch.int32, np.int32)
-    sizes, n_regions, image, pixel = [], 0, 0, 0  # running totals
-    step = max(1, _PIXELS_PER_STEP // (h * w))
-    for part in parts:
-        for i in range(0, len(part), step):
-            step_maps = part[i : i + step]
-            count = len(step_maps)
-            flat = step_maps.reshape(-1)
+    sizes, n_regions, pixel = [], 0, 0  # running totals
+    for maps, packed_masks in parts:
+        shape = tuple(maps.shape[1:])
+        step = max(1, _PIXELS_PER_STEP // (shape[0] * shape[1]))
+        for i in range(0, len(maps), step):
+            flat = maps[i : i + step].reshape(-1)
             _check_no_nan(flat, "maps")
-            regions, region_sizes = label_regions(
-                unpack_masks(packed_masks[image : image + count], shape), n_regions + 1
-            )
+            regions, region_sizes = label_regions(unpack_masks(packed_masks[i : i + step], shape), n_regions + 1)
             regions = regions.reshape(-1)
             if isinstance(flat, torch.Tensor):
                 regions = torch.from_numpy(regions).to(flat.device)
@@ -163,7 +157,6 @@ def _sorted_pixels(parts: Sequence, packed_masks: np.ndarray, shape: tuple[int, 
                 scores[span], ids[span] = flat, regions
             sizes.append(region_sizes)
             n_regions += len(region_sizes)
-            image += count
             pixel += len(flat)
     sizes = np.concatenate(sizes)
     weights = np.zeros(n_regions + 1)
