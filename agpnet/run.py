@@ -64,7 +64,7 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True, 
 def check_run_folder(out: Path, may_replace: bool) -> None:
     """`out` must be a folder (or not exist yet), and must not hold a complete run unless `may_replace`."""
     if out.exists() and not out.is_dir():
-        raise AgpnetError(f"--out {out}: is a file; expected a folder for the run")
+        raise AgpnetError(f"{out}: expected a folder, found a file")
     record = out / "record.json"
     if not may_replace and record.is_file():
         try:

@@ -282,7 +282,7 @@ def test_a_complete_run_is_never_lost_or_silently_replaced(tmp_path, synth_root,
     assert json.loads((out / "record.json").read_text())["seed"] == 1
     (tmp_path / "file").write_text("x")
     assert main(_tiny_run_args(synth_root, tmp_path / "file")) == 2
-    assert "is a file; expected a folder" in capsys.readouterr().err
+    assert "file: expected a folder, found a file" in capsys.readouterr().err
 
 
 def test_resume_on_other_data_stops_with_the_differing_field(tmp_path, synth_root, capsys):

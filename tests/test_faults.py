@@ -47,7 +47,8 @@ def checkpoint(tmp_path_factory) -> Path:
         model, _ = build_model(AGPNetConfig(**TINY_MODEL), "random")
     path = tmp_path_factory.mktemp("ckpt") / CHECKPOINT_NAME
     optimizer = torch.optim.AdamW(model.decoder.parameters())
-    return save_checkpoint(path, model, optimizer, TrainConfig(epochs=1), 1, [0.5], model.encoder.fingerprint())
+    return save_checkpoint(path, model, optimizer, TrainConfig(epochs=1), 1, [0.5], model.encoder.fingerprint(),
+                           None, [])
 
 
 def altered(checkpoint: Path, folder: Path, change) -> Path:
@@ -106,7 +107,7 @@ def test_checkpoint_write_failure_names_the_file_and_leaves_no_temporary_file(ch
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
         try:
             save_checkpoint(sys.argv[1], model, torch.optim.AdamW(model.decoder.parameters()),
-                            TrainConfig(**meta["train_config"]), 1, [0.5], meta["encoder_sha256"])
+                            TrainConfig(**meta["train_config"]), 1, [0.5], meta["encoder_sha256"], None, [])
         except OSError as err:
             print(err.errno, err.filename)
     """)
