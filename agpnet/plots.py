@@ -108,9 +108,10 @@ def viewer_figure(image, anomaly_map, mask, threshold: float, vmin: float, vmax:
     score_histogram(fig.add_subplot(histogram_cell[0, 1]), scores, labels, threshold, score, histogram_title)
 
     colorbar = fig.colorbar(ScalarMappable(norm=shown.norm, cmap=shown.cmap), cax=fig.add_subplot(grid[:, 4]))
-    colorbar.set_label(f"{scale_label}   (▶ threshold)", fontsize=9)
-    colorbar.ax.tick_params(labelsize=8)
     marked = min(max(threshold, vmin), vmax)  # at the end of the bar when outside the scale
+    outside = " above this scale" if threshold > vmax else " below this scale" if threshold < vmin else ""
+    colorbar.set_label(f"{scale_label}   (▶ threshold{outside})", fontsize=9)
+    colorbar.ax.tick_params(labelsize=8)
     colorbar.ax.axhline(marked, color="black", linewidth=3)
     colorbar.ax.axhline(marked, color="white", linewidth=1.2, linestyle="dashed")
     colorbar.ax.plot([-0.1], [marked], marker=">", markersize=8, color="black", clip_on=False,

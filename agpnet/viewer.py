@@ -82,8 +82,8 @@ def weights_warning(record: dict) -> str | None:
     weights = record.get("weights") or {}
     if weights.get("pretrained", False):
         return None
-    source = weights.get("source") or "unknown source"
-    return (f"The encoder had no pretrained weights ({source}): these maps are not AGPNet results, "
+    source = weights.get("source") or "unknown"
+    return (f"The encoder had no pretrained weights (weights: {source}): these maps are not AGPNet results, "
             "and scores near chance and a pixel F1 near 0 are expected.")
 
 
@@ -219,17 +219,19 @@ class RunViewer:
                                        value=threshold if threshold is not None else (self.vmin + self.vmax) / 2,
                                        description="threshold", continuous_update=False,
                                        layout=w.Layout(width="60%"))
-        self.presets = {key: w.Button(description=f"best F1: {label}", tooltip=f"the threshold with the best pixel "
-                                      f"F1 over {label} ({ORACLE_NOTE})") for key, label in PRESETS.items()}
+        self.presets = {key: w.Button(description=f"best F1: {label}", layout=w.Layout(width="auto"),
+                                      tooltip=f"the threshold with the best pixel F1 over {label} ({ORACLE_NOTE})")
+                        for key, label in PRESETS.items()}
         self.scale = w.ToggleButtons(options=[("per category", "category"), ("global", "global")], value="category",
-                                     description="colour scale", style={"button_width": "90px"})
+                                     description="colour scale",
+                                     style={"button_width": "110px", "description_width": "initial"})
         self.header = w.HTML(self._header())
         self.info = w.HTML()
         self.picture = w.Image(format="png")
         self.attention = w.Image(format="png")
         self.save_png = w.Button(description="Save PNG", icon="download")
         self.export_csv = w.Button(description="Export CSV", icon="table")
-        self.status = w.HTML()
+        self.status = w.HTML(layout=w.Layout(width="auto"))
         for name in ("category", "defect", "order", "image", "threshold", "scale", "info", "picture", "status"):
             getattr(self, name).add_class(f"agpnet-{name}")
         for key, button in self.presets.items():
