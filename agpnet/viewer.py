@@ -223,8 +223,7 @@ class RunViewer:
                                       tooltip=f"the threshold with the best pixel F1 over {label} ({ORACLE_NOTE})")
                         for key, label in PRESETS.items()}
         self.scale = w.ToggleButtons(options=[("per category", "category"), ("global", "global")], value="category",
-                                     description="colour scale",
-                                     style={"button_width": "110px", "description_width": "initial"})
+                                     style={"button_width": "110px"})
         self.header = w.HTML(self._header())
         self.info = w.HTML()
         self.picture = w.Image(format="png")
@@ -250,8 +249,8 @@ class RunViewer:
         self.scale.observe(self.on_threshold, names="value")
         self.previous.on_click(lambda _: self.step(-1))
         self.next.on_click(lambda _: self.step(1))
-        self.save_png.on_click(lambda _: self.save())
-        self.export_csv.on_click(lambda _: self.export())
+        self.save_png.on_click(lambda _: self._writing(self.save))
+        self.export_csv.on_click(lambda _: self._writing(self.export))
         self.on_category()
 
     def widget(self):
@@ -261,7 +260,8 @@ class RunViewer:
         oracle = w.HTML(f"<i>{html.escape(ORACLE_NOTE)}:</i>")
         return w.VBox([self.header, w.HBox([self.category, self.defect, self.order]),
                        w.HBox([self.image, self.previous, self.next]), self.threshold,
-                       w.HBox([oracle, *self.presets.values()]), self.scale, self.info, self.picture,
+                       w.HBox([oracle, *self.presets.values()]), w.HBox([w.HTML("<i>colour scale:</i>"), self.scale]),
+                       self.info, self.picture,
                        w.HBox([self.save_png, self.export_csv, self.status]), self.attention])
 
     def show(self) -> None:
@@ -322,14 +322,13 @@ class RunViewer:
         if self.current is None:
             return
         i, maps = self.current, self.run.maps
-        if key == "image":
-            rows, over = [i], f"this image ({Path(str(maps['paths'][i])).name})"
-        elif key == "category":
-            category = str(maps["categories"][i])
-            rows, over = self._rows(category, ALL), f"the {len(self._rows(category, ALL))} images of {category}"
-        else:
-            rows, over = np.arange(len(maps["scores"])), f"all {len(maps['scores'])} images"
-        cache_key = (key, i if key == "image" else str(maps["categories"][i]) if key == "category" else ALL)
+        category = str(maps["categories"][i])
+        in_category = self._rows(category, ALL)
+        rows, over, cache_key = {
+            "image": ([i], f"this image ({Path(str(maps['paths'][i])).name})", ("image", i)),
+            "category": (in_category, f"the {len(in_category)} images of {category}", ("category", category)),
+            "all": (slice(None), f"all {len(maps['scores'])} images", ("all",)),
+        }[key]
         if cache_key not in self.run.oracle:
             self.run.oracle[cache_key] = best_f1_threshold(maps["anomaly_maps"][rows], maps["masks"][rows])
         threshold, f1 = self.run.oracle[cache_key]
@@ -358,6 +357,13 @@ class RunViewer:
         path = export_scores(self.run, threshold, self.out_dir / f"scores_threshold-{threshold:.4g}.csv")
         self.status.value = f"exported <code>{html.escape(str(path))}</code>"
         return path
+
+    def _writing(self, write):
+        """Run a button's file writing; a failure (e.g. a read-only folder) is shown in the status line."""
+        try:
+            write()
+        except (AgpnetError, OSError) as err:
+            self.status.value = f"<span style='color:#b00'>not written: {html.escape(str(err))}</span>"
 
     # Outputs.
 

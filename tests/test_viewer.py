@@ -264,6 +264,11 @@ def test_save_png_export_csv_and_weights_warning(tmp_path):
     assert set(frame["verdict"]) == {"TP", "TN"} and (frame["threshold"] == 0.5).all()
     assert frame["pixel_f1"][frame["label"] == 1].eq(1.0).all()
 
+    (tmp_path / "a file").write_text("")
+    blocked = RunViewer(run, out_dir=tmp_path / "a file")
+    blocked.save_png.click()  # a button's failure is shown, not lost in the widget log
+    assert "not written" in blocked.status.value and "a file" in blocked.status.value
+
     write_run(tmp_path / "pretrained")
     write_maps(tmp_path / "pretrained")
     view = RunViewer(tmp_path / "pretrained")
