@@ -1,10 +1,10 @@
-# The two commands of the README: `make test` and `make demo`. Both set up .venv when needed.
+# The two commands of the README: `make test` and `make demo` (and `make lab`). All set up .venv when needed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench gpu-check clean-demo
+.PHONY: install test demo lab bench gpu-check clean-demo
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ demo: $(STAMP)
 	$(PY) -m agpnet sweep sweeps/demo.yaml --out runs/demo
 	$(PY) -m agpnet report runs/demo --out reports/demo
 	@echo "Report: reports/demo/index.html"
+
+# JupyterLab from the venv on notebooks/viewer.ipynb, with the demo runs ready: the first time this makes
+# the synthetic dataset and runs the demo sweep (as `make demo`, about 15 min on CPU); later the sweep
+# finds its cells done. The notebooks' runs_dir "runs" finds runs/ from notebooks/ (agpnet.runfinder).
+lab: $(STAMP)
+	test -d data/synth || $(PY) -m agpnet synth --out data/synth --seed 0
+	$(PY) -m agpnet sweep sweeps/demo.yaml --out runs/demo
+	$(PY) -m jupyterlab notebooks/viewer.ipynb
 
 bench: $(STAMP)
 	$(PY) benchmarks/metrics_speed.py

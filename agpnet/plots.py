@@ -11,6 +11,7 @@ import io
 
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
 PANEL_INCHES = 2.4
@@ -18,10 +19,11 @@ ANOMALY_CMAP = "jet"
 ATTENTION_CMAP = "viridis"
 
 
-def to_png(fig: Figure, dpi: int = 100) -> bytes:
-    """PNG bytes of a figure (for ipywidgets.Image and files)."""
+def to_png(fig: Figure, dpi: int = 100, tight: bool = True) -> bytes:
+    """PNG bytes of a figure (for ipywidgets.Image and files). tight: cropped to what is drawn;
+    else exactly the figure's size (figsize * dpi pixels, as the viewer shows it)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     return buffer.getvalue()
 
 
@@ -42,7 +44,8 @@ def loss_curve(loss_per_epoch, title: str = "training loss") -> Figure:
 def draw_overlay(ax, image, anomaly_map, mask=None, threshold: float | None = None, vmin=None, vmax=None,
                  alpha: float = 0.5):
     """Image with the anomaly map on top, the ground-truth contour (green) and, given a
-    threshold, the contour of the predicted region map >= threshold (dashed white)."""
+    threshold, the outline of the predicted region map >= threshold (dashed white; along the
+    image border where the region reaches it, so a region covering the whole image is drawn too)."""
     image = _as_rgb(image)
     anomaly_map = _resize_like(np.asarray(anomaly_map, dtype=np.float32), image.shape[:2])
     ax.imshow(image)
@@ -50,22 +53,88 @@ def draw_overlay(ax, image, anomaly_map, mask=None, threshold: float | None = No
     if mask is not None and np.any(mask):
         ax.contour(_resize_like(np.asarray(mask, dtype=np.float32), image.shape[:2]), levels=[0.5],
                    colors="lime", linewidths=1.2)
-    if threshold is not None and anomaly_map.min() < threshold <= anomaly_map.max():
-        ax.contour(anomaly_map, levels=[threshold], colors="white", linewidths=1.0, linestyles="dashed")
+    if threshold is not None and np.any(anomaly_map >= threshold):
+        _outline(ax, anomaly_map >= threshold, gid="predicted")
     _clean(ax)
     return shown
 
 
-def heatmap_overlay(image, anomaly_map, mask=None, threshold: float | None = None, vmin=None, vmax=None,
-                    title: str | None = None) -> Figure:
-    """One image: image | ground truth | anomaly-map overlay."""
-    fig = Figure(figsize=(3 * PANEL_INCHES, PANEL_INCHES + 0.4))
-    axes = fig.subplots(1, 3)
-    _heatmap_row(fig, axes, image, anomaly_map, mask, threshold, vmin, vmax)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+def viewer_figure(image, anomaly_map, mask, threshold: float, vmin: float, vmax: float, scale_label: str,
+                  scores, labels, score: float, histogram_title: str, reference=None,
+                  size_px: tuple[int, int] = (960, 540), dpi: int = 100) -> Figure:
+    """The viewer's picture, exactly `size_px` (width, height) pixels at `dpi`.
+
+    Top row: image | ground truth | anomaly map over the image (ground truth green, predicted
+    region map >= threshold dashed white) | predicted mask (filled white, ground truth green).
+    Bottom row: `reference` = (image, anomaly_map, title) of a normal image, or None, drawn as
+    image | map on the same scale; then the histogram of image `scores` (N,) of good (labels 0)
+    and defective (1) images with the threshold and this image's `score`. A colorbar labelled
+    `scale_label` spans both rows, with the threshold marked."""
+    fig = Figure(figsize=(size_px[0] / dpi, size_px[1] / dpi), dpi=dpi)
+    # A fixed layout (fractions of the figure): constrained layout would double the drawing time.
+    grid = fig.add_gridspec(2, 5, width_ratios=[1, 1, 1, 1, 0.07], left=0.005, right=0.93, top=0.95,
+                            bottom=0.09, wspace=0.06, hspace=0.22)
+    top = [fig.add_subplot(grid[0, k]) for k in range(4)]
+    image = _as_rgb(image)
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    truth = np.zeros(image.shape[:2], bool) if mask is None else _resize_like(np.asarray(mask, np.float32),
+                                                                             image.shape[:2]) > 0.5
+    top[0].imshow(image)
+    top[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
+    shown = draw_overlay(top[2], image, anomaly_map, truth, threshold, vmin, vmax)
+    predicted = _resize_like(anomaly_map, image.shape[:2]) >= threshold
+    top[3].imshow(predicted, cmap="gray", vmin=0, vmax=1)
+    if truth.any():
+        top[3].contour(truth.astype(np.float32), levels=[0.5], colors="lime", linewidths=1.2)
+    for ax, title in zip(top, ("image", "ground truth", "anomaly map", f"predicted: map ≥ {threshold:.4g}")):
+        ax.set_title(title, fontsize=9)
+        _clean(ax)
+
+    bottom = [fig.add_subplot(grid[1, k]) for k in range(2)]
+    if reference is None:
+        for ax in bottom:
+            _clean(ax)
+            ax.set_axis_off()
+        bottom[0].text(0, 0.5, "no other normal test image\nin this category", fontsize=9, va="center",
+                       transform=bottom[0].transAxes)
+    else:
+        ref_image, ref_map, ref_title = reference
+        bottom[0].imshow(_as_rgb(ref_image))
+        bottom[0].set_title(ref_title, fontsize=9)
+        _clean(bottom[0])
+        draw_overlay(bottom[1], ref_image, ref_map, None, threshold, vmin, vmax)
+        bottom[1].set_title("its map (same scale)", fontsize=9)
+    histogram_cell = grid[1, 2:4].subgridspec(1, 2, width_ratios=[0.13, 1], wspace=0)  # room for its y label
+    score_histogram(fig.add_subplot(histogram_cell[0, 1]), scores, labels, threshold, score, histogram_title)
+
+    colorbar = fig.colorbar(ScalarMappable(norm=shown.norm, cmap=shown.cmap), cax=fig.add_subplot(grid[:, 4]))
+    marked = min(max(threshold, vmin), vmax)  # at the end of the bar when outside the scale
+    outside = " above this scale" if threshold > vmax else " below this scale" if threshold < vmin else ""
+    colorbar.set_label(f"{scale_label}   (▶ threshold{outside})", fontsize=9)
+    colorbar.ax.tick_params(labelsize=8)
+    colorbar.ax.axhline(marked, color="black", linewidth=3)
+    colorbar.ax.axhline(marked, color="white", linewidth=1.2, linestyle="dashed")
+    colorbar.ax.plot([-0.1], [marked], marker=">", markersize=8, color="black", clip_on=False,
+                     transform=colorbar.ax.get_yaxis_transform())
     return fig
+
+
+def score_histogram(ax, scores, labels, threshold: float, score: float | None = None, title: str = ""):
+    """Image scores of good (green) and defective (red) images on shared bins, the threshold
+    (dashed) and, given, one image's score (solid)."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
+    bins = np.histogram_bin_edges(scores, bins=int(np.clip(len(scores) // 2, 5, 40)))
+    for label, name, color in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
+        part = scores[labels == label]
+        ax.hist(part, bins=bins, color=color, alpha=0.55, label=f"{name} ({len(part)})")
+    ax.axvline(threshold, color="black", linestyle="dashed", linewidth=1.2, label="threshold")
+    if score is not None:
+        ax.axvline(score, color="tab:blue", linewidth=1.5, label="this image")
+    ax.set_xlabel("image score", fontsize=9)
+    ax.set_ylabel("images", fontsize=9)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7, frameon=False)
 
 
 def heatmap_grid(images, anomaly_maps, masks, titles=None, vmin=None, vmax=None) -> Figure:
@@ -197,6 +266,17 @@ def _resize_like(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = (np.arange(shape[0]) * array.shape[0] / shape[0]).astype(int)
     cols = (np.arange(shape[1]) * array.shape[1] / shape[1]).astype(int)
     return array[rows][:, cols]
+
+
+def _outline(ax, region: np.ndarray, gid: str, color: str = "white"):
+    """Dashed outline of a (H, W) bool region along pixel edges: the region is padded with a
+    False border, so it closes along the image border too."""
+    padded = np.pad(region.astype(np.float32), 1)
+    y, x = np.arange(-1, region.shape[0] + 1), np.arange(-1, region.shape[1] + 1)
+    outline = ax.contour(x, y, padded, levels=[0.5], colors=color, linewidths=1.2, linestyles="dashed")
+    outline.set_gid(gid)
+    outline.set_clip_on(False)  # the part along the image border stays whole
+    ax.set(xlim=(-0.5, region.shape[1] - 0.5), ylim=(region.shape[0] - 0.5, -0.5))
 
 
 def _clean(ax):

@@ -138,30 +138,58 @@ def paper_tables(records: list[dict], published: bool = True) -> list[Table]:
     return tables
 
 
-def export_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
-    """Write `<key>.csv`, `<key>.md` and `<key>.tex` (booktabs) per table, atomically; returns the paths."""
+def export_tables(tables: list[Table], out_dir: str | Path, records: list[dict] | None = None) -> list[Path]:
+    """Write `<key>.csv`, `<key>.md` and `<key>.tex` (booktabs) per table, atomically; returns the paths.
+
+    Given the `records` the tables were made from, a table with runs whose encoder had no
+    pretrained weights carries a warning: a first line "# WARNING: ..." in the CSV (read it with
+    pandas.read_csv(path, comment="#")), a bold line under the Markdown title, "% WARNING: ..."
+    in the LaTeX."""
     out_dir = Path(out_dir)
     written = []
     for table in tables:
-        written.append(write_text(out_dir / f"{table.key}.csv", table.frame.to_csv(index=False)))
-        written.append(write_text(out_dir / f"{table.key}.md", to_markdown(table)))
-        written.append(write_text(out_dir / f"{table.key}.tex", to_latex(table)))
+        warning = export_warning(table, records or [])
+        csv = (f"# WARNING: {warning}\n" if warning else "") + table.frame.to_csv(index=False)
+        written.append(write_text(out_dir / f"{table.key}.csv", csv))
+        written.append(write_text(out_dir / f"{table.key}.md", to_markdown(table, warning)))
+        written.append(write_text(out_dir / f"{table.key}.tex", to_latex(table, warning)))
     return written
 
 
-def to_markdown(table: Table) -> str:
+def export_warning(table: Table, records: list[dict]) -> str | None:
+    """The weights warning of a table: how many of its runs (among `records`) had an encoder
+    without pretrained weights; None when there is none."""
+    mine = []
+    for record in records:
+        fields = run_fields(record)
+        shots = fields.get("shots") if fields.get("setting") == "few-shot" else None
+        if (str(fields.get("dataset")), str(fields.get("setting")), shots) == (table.dataset, table.setting,
+                                                                               table.shots):
+            mine.append(record)
+    random = not_pretrained(mine)
+    if not random:
+        return None
+    sources = sorted({str((r.get("weights") or {}).get("source") or "unknown source") for r in random})
+    return (f"{len(random)} of {len(mine)} run(s) in this table had an encoder without pretrained weights "
+            f"({', '.join(sources)}): their numbers are not AGPNet results")
+
+
+def to_markdown(table: Table, warning: str | None = None) -> str:
     frame = table.frame
     lines = [f"**{_md_escape(table.title)}**", "", "| " + " | ".join(frame.columns) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS) + ["---"]) + "|"]
+    if warning:
+        lines[1:1] = ["", f"**WARNING: {_md_escape(warning)}**"]
     lines += ["| " + " | ".join(_md_escape(str(v)) for v in row) + " |" for row in frame.itertuples(index=False)]
     if table.note:
         lines += ["", f"*{_md_escape(table.note)}*"]
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: Table) -> str:
+def to_latex(table: Table, warning: str | None = None) -> str:
     frame = table.frame
-    lines = [f"% {table.title}", r"\begin{tabular}{ll" + "r" * len(COLUMNS) + "l}", r"\toprule",
+    lines = [f"% {table.title}", *([f"% WARNING: {warning}"] if warning else []),
+             r"\begin{tabular}{ll" + "r" * len(COLUMNS) + "l}", r"\toprule",
              " & ".join(_tex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
     previous = None
     for row in frame.itertuples(index=False):

@@ -98,13 +98,17 @@ def test_attention_masks_notebook(tiny_run, tmp_path):
         progress_bar=False,
         parameters={
             "runs_dir": str(tiny_run.parent),
+            "run": tiny_run.name,
+            "out_dir": str(tmp_path / "out"),
             "n_images": 2,
             "progresses": [0.0, 1.0],
             "device": "cpu",
         },
     )
     assert mime_types(executed).count("image/png") == 2  # one figure per image, rows = training stages
-    assert any(str(tiny_run) in "".join(o.get("text", "")) for o in outputs(executed))
+    text = "".join("".join(o.get("text", "")) for o in outputs(executed))
+    assert str(tiny_run.parent) in text and f"run: {tiny_run.name}" in text  # the folder used, the run picked
+    assert len(list((tmp_path / "out" / "attention_masks").glob("*.png"))) == 2  # out_dir: the figures as files
 
 
 def test_viewer_notebook(tiny_run, tmp_path):
@@ -114,9 +118,10 @@ def test_viewer_notebook(tiny_run, tmp_path):
         str(executed),
         kernel_name="python3",
         progress_bar=False,
-        parameters={"run_dir": str(tiny_run)},
+        parameters={"runs_dir": str(tiny_run.parent)},  # a sweep folder: its runs are listed
     )
     assert "application/vnd.jupyter.widget-view+json" in mime_types(executed)
+    assert any("re-run this cell" in "".join(o.get("data", {}).get("text/plain", "")) for o in outputs(executed))
 
 
 def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
@@ -126,6 +131,7 @@ def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), path.name
         assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, path.name
-        assert set(papermill.inspect_notebook(str(path))) >= (
-            {"run_dir"} if path.stem == "viewer" else {"out_dir"}
-        )
+        parameters = papermill.inspect_notebook(str(path))
+        assert set(parameters) >= ({"out_dir"} if path.stem == "train_eval" else {"runs_dir", "out_dir"})
+        if "runs_dir" in parameters:  # found from the repository root and from notebooks/ (agpnet.runfinder)
+            assert parameters["runs_dir"]["default"] == '"runs"', path.name

@@ -1,6 +1,9 @@
-"""The run viewer's callbacks and outputs (driven without a browser), and the figure functions."""
+"""The run viewer's callbacks and outputs (driven without a browser; tests/test_viewer_browser.py
+drives it in JupyterLab), finding runs, and the figure functions."""
 
 import html
+import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -8,9 +11,20 @@ import pytest
 from fixtures_runs import write_maps, write_run
 from matplotlib.figure import Figure
 
-from agpnet import plots
+from agpnet import plots, viewer
 from agpnet.errors import AgpnetError
-from agpnet.viewer import RunViewer, heatmap_examples, pixel_f1
+from agpnet.runfinder import find_runs, resolve_runs_dir
+from agpnet.viewer import (
+    PICTURE_PX,
+    RERUN_HINT,
+    RunViewer,
+    ViewerApp,
+    best_f1_threshold,
+    heatmap_examples,
+    pixel_f1,
+    png_size,
+    verdict,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CATEGORIES = ("bottle", "<b>cable</b>")
@@ -109,7 +123,8 @@ def test_heatmap_examples_and_figures(run_dir):
     )
     figures = {
         "loss": plots.loss_curve([1.0, 0.6, 0.4]),
-        "overlay": plots.heatmap_overlay(image, amap, mask, threshold=0.5),
+        "viewer": plots.viewer_figure(image, amap, mask, 0.5, 0.0, 1.0, "anomaly map", [0.1, 0.9], [0, 1], 0.9,
+                                      "scores", reference=(image, amap, "normal")),
         "attention": plots.attention_panels(
             image, attention, attention, attention, image, attention, amap, mask
         ),
@@ -120,3 +135,198 @@ def test_heatmap_examples_and_figures(run_dir):
     for figure in figures.values():
         png = plots.to_png(figure)
         assert png.startswith(PNG) and len(png) > 2000
+
+
+def scaled_category(run_dir, category: str, factor: float) -> None:
+    """Multiply one category's maps in maps.npz by `factor` (categories on different scales)."""
+    with np.load(run_dir / "maps.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    rows = arrays["categories"] == category
+    arrays["anomaly_maps"][rows] *= np.float16(factor)
+    arrays["scores"][rows] *= factor
+    np.savez_compressed(run_dir / "maps.npz", **arrays)
+
+
+def test_verdicts_and_prev_next(run_dir):
+    assert [verdict(1, 0.7, 0.5), verdict(0, 0.7, 0.5), verdict(0, 0.2, 0.5), verdict(1, 0.2, 0.5)] == [
+        "TP", "FP", "TN", "FN"]
+    assert verdict(1, 0.5, 0.5) == "TP"  # score >= threshold predicts "defective"
+    viewer = RunViewer(run_dir, threshold=0.5)
+    labels = viewer.run.maps["labels"]
+    first, second = viewer.indices[:2]
+    assert sorted(labels[[first, second]]) == [0, 1]
+    viewer.next.click()
+    assert viewer.current == second
+    viewer.previous.click()
+    viewer.previous.click()  # stays at the start of the list
+    assert viewer.current == first
+    for i in (first, second):  # one good, one defective image
+        viewer.image.value = i
+        for threshold, good, defective in ((0.5, "TN", "TP"), (0.15, "FP", "TP"), (viewer.threshold.max, "TN", "FN")):
+            viewer.threshold.value = threshold
+            expected = defective if labels[i] else good
+            assert f"<td class='agpnet-verdict'>{expected}, " in viewer.info.value
+
+
+def test_best_f1_threshold_is_exact():
+    rng = np.random.default_rng(1)
+    masks = np.zeros((3, 12, 12), dtype=bool)
+    masks[0, 2:6, 2:6] = masks[2, 5:9, 1:4] = True
+    maps = (rng.uniform(-0.5, 0.5, masks.shape) + 0.4 * masks + 0.3 * rng.uniform(size=masks.shape)).astype(np.float16)
+    maps[1, 0, :2] = (-0.0, 0.0)  # one value, two bit patterns
+    brute = max(np.nan_to_num(pixel_f1(maps, masks, float(t))) for t in np.unique(maps.astype(np.float32)))
+    threshold, f1 = best_f1_threshold(maps, masks)
+    assert 0.5 < f1 < 1 and f1 == pytest.approx(brute)
+    assert pixel_f1(maps, masks, threshold) == pytest.approx(f1)
+    assert best_f1_threshold(maps.astype(np.float32), masks) == (threshold, f1)  # sorted, not counted
+    threshold, f1 = best_f1_threshold(maps[1], masks[1])  # no defect pixel: nothing predicted
+    assert np.isnan(f1) and not np.any(maps[1].astype(np.float32) >= threshold)
+
+
+def test_presets_set_oracle_thresholds_computed_once(run_dir, monkeypatch):
+    view = RunViewer(run_dir)
+    maps = view.run.maps
+    view.category.value = "bottle"
+    view.order.value = "false_negatives"  # a defective image first
+    view.preset("image")
+    assert view.f1 == pytest.approx(1.0)  # the defect square scores above all background pixels
+    assert "test-set oracle thresholds, for inspection only" in view.info.value
+    calls = []
+    real = viewer.best_f1_threshold
+    monkeypatch.setattr(viewer, "best_f1_threshold", lambda *args: calls.append(1) or real(*args))
+    view.presets["category"].click()
+    view.image.value = view.indices[1]
+    view.presets["category"].click()
+    rows = maps["categories"] == "bottle"
+    expected = real(maps["anomaly_maps"][rows], maps["masks"][rows])
+    assert len(calls) == 1 and view.threshold.value == pytest.approx(expected[0])
+    assert f"= {expected[1]:.3f}" in view.oracle_text and "the 4 images of bottle" in view.oracle_text
+    view.presets["all"].click()
+    assert len(calls) == 2 and "over all 8 images" in view.oracle_text
+
+
+def test_colour_scale_per_category_or_global(run_dir):
+    scaled_category(run_dir, "<b>cable</b>", 5.0)
+    view = RunViewer(run_dir)
+    maps = view.run.maps
+    view.category.value = "bottle"
+    bottle = maps["anomaly_maps"][maps["categories"] == "bottle"]
+    assert view.scale_range == (float(bottle.min()), float(bottle.max()))  # not flattened by cable's scale
+    before = bytes(view.picture.value)
+    view.scale.value = "global"
+    assert view.scale_range == (view.vmin, view.vmax) and view.vmax > 4 * float(bottle.max())
+    assert bytes(view.picture.value) != before
+
+
+def test_whole_image_above_threshold_is_outlined(run_dir):
+    fig = Figure()
+    ax = fig.subplots()
+    amap = np.random.default_rng(0).uniform(0.2, 1.0, (16, 16))
+    plots.draw_overlay(ax, np.zeros((16, 16, 3)), amap, threshold=0.1)  # every pixel predicted
+    (outline,) = [c for c in ax.collections if c.get_gid() == "predicted"]
+    corners = np.concatenate([path.vertices for path in outline.get_paths()])
+    assert corners.min() == pytest.approx(-0.5) and corners.max() == pytest.approx(15.5)  # along the border
+    view = RunViewer(run_dir, threshold=float(np.float32(RunViewer(run_dir).vmin)))
+    assert "1024, the whole image" in view.info.value
+
+
+def test_pictures_are_drawn_at_their_displayed_size(run_dir):
+    view = RunViewer(run_dir)
+    assert png_size(bytes(view.picture.value)) == PICTURE_PX
+    assert view.picture.layout.width == f"{PICTURE_PX[0]}px"  # shown pixel for pixel, not stretched
+    assert view.attention.layout.width == f"{png_size(bytes(view.attention.value))[0]}px"
+
+
+def test_reference_is_a_normal_image_of_the_same_category(run_dir):
+    view = RunViewer(run_dir)
+    maps = view.run.maps
+    for i in view.indices:
+        reference = view.reference(i)
+        assert reference != i and maps["labels"][reference] == 0
+        assert maps["categories"][reference] == maps["categories"][i]
+
+
+def test_save_png_export_csv_and_weights_warning(tmp_path):
+    run = tmp_path / "random"
+    write_run(run, pretrained=False)
+    write_maps(run)
+    view = RunViewer(run, threshold=0.5, out_dir=tmp_path / "out")
+    assert "agpnet-weights-warning" in view.header.value and "no pretrained weights" in view.header.value
+    view.save_png.click()
+    (png,) = (tmp_path / "out").glob("*.png")
+    assert png.read_bytes() == bytes(view.picture.value) and png.name in view.status.value
+    view.export_csv.click()
+    (csv,) = (tmp_path / "out").glob("*.csv")
+    assert csv.read_text().startswith("# WARNING: The encoder had no pretrained weights")
+    frame = pd.read_csv(csv, comment="#")
+    maps = view.run.maps
+    assert list(frame["verdict"]) == [verdict(int(lab), float(s), 0.5) for lab, s in zip(maps["labels"], maps["scores"])]
+    assert set(frame["verdict"]) == {"TP", "TN"} and (frame["threshold"] == 0.5).all()
+    assert frame["pixel_f1"][frame["label"] == 1].eq(1.0).all()
+
+    (tmp_path / "a file").write_text("")
+    blocked = RunViewer(run, out_dir=tmp_path / "a file")
+    blocked.save_png.click()  # a button's failure is shown, not lost in the widget log
+    assert "not written" in blocked.status.value and "a file" in blocked.status.value
+
+    write_run(tmp_path / "pretrained")
+    write_maps(tmp_path / "pretrained")
+    view = RunViewer(tmp_path / "pretrained")
+    assert "WARNING" not in view.header.value
+    assert view.export().parent == tmp_path / "pretrained" / "viewer"  # the default out_dir
+    assert not view.export().read_text().startswith("#")
+
+
+def test_run_picker_lists_the_runs_of_a_sweep_folder(tmp_path, monkeypatch):
+    sweep = tmp_path / "runs" / "demo"
+    for name, setting in (("one", "one-class"), ("multi", "multi-class")):
+        write_run(sweep / name, setting=setting)
+        write_maps(sweep / name)
+    write_run(sweep / "nomaps")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # "runs" is found in the parent folder
+    found = find_runs("runs")
+    assert found.runs_dir == (tmp_path / "runs").resolve()
+    assert [found.name(r) for r in found.runs] == ["demo/multi", "demo/one"]  # multi-class first
+    assert found.left_out == ["demo/nomaps: no maps.npz (run with save_maps=true)"]
+    assert str(found.runs_dir) in found.describe() and "demo/nomaps" in found.describe()
+    app = ViewerApp("runs")
+    assert app.picker.value == found.runs[0] and str(found.runs_dir) in app.where.value
+    assert [label for label, _ in app.picker.options] == ["demo/multi", "demo/one"]
+    app.picker.value = found.runs[1]
+    assert app.viewer.run.run_dir == found.runs[1] and app.body.children == (app.viewer_box,)
+    assert ViewerApp(sweep / "one").viewer.run.run_dir == found.runs[1]  # a run folder itself
+    assert ViewerApp(tmp_path / "runs", run="demo/one").viewer.run.run_dir == found.runs[1]
+
+
+def test_runs_dir_errors_name_the_resolved_folder_and_what_was_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AgpnetError) as err:
+        resolve_runs_dir("nowhere")
+    assert str(tmp_path / "nowhere") in str(err.value)
+    write_run(tmp_path / "runs/a")
+    (tmp_path / "runs/b").mkdir()
+    (tmp_path / "runs/b/record.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(AgpnetError) as err:
+        ViewerApp("runs")
+    message = str(err.value)
+    assert str((tmp_path / "runs").resolve()) in message and "\n" not in message
+    assert "a: no maps.npz" in message and "b: run not complete" in message
+    write_maps(tmp_path / "runs/a")
+    with pytest.raises(AgpnetError, match="not among the runs"):
+        ViewerApp("runs", run="b")
+    assert os.getcwd() == str(tmp_path)
+
+
+def test_show_displays_a_rerun_hint_for_a_lost_widget(run_dir, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append(obj))
+    app = ViewerApp(run_dir)
+    app.show()
+    hint, widget = shown
+    assert "re-run this cell" in RERUN_HINT and widget["text/plain"] == RERUN_HINT  # nbconvert, GitHub
+    assert widget["application/vnd.jupyter.widget-view+json"]["model_id"] == app.box.model_id
+    assert "agpnet-viewer" in app.box._dom_classes
+    # In JupyterLab the hint shows only in an output area without a drawn viewer.
+    assert ".jp-OutputArea:has(.agpnet-viewer) .agpnet-rerun{display:none}" in hint["text/html"]
+    assert html.escape(RERUN_HINT) in hint["text/html"]
