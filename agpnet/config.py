@@ -50,6 +50,31 @@ NUMBER_RULES = {
 }
 
 
+def meaning(kind: str = "recipe", resume: bool = False, ablation: bool = False) -> dict:
+    """What a field means, as dataclass field metadata:
+    kind "recipe": it changes the result and separates methods in tables (the default);
+         "seed": it changes the result, but runs differing only in it are repeats of one method;
+         "identity": which data the run is about (category, root), not how it is done;
+         "runtime": it does not change the recipe (device, workers, compilation, output).
+    resume: may differ when a run is resumed (training fields only).
+    ablation: one of the method's ablation factors (docs/method.md)."""
+    return {"kind": kind, "resume": resume, "ablation": ablation}
+
+
+RUNTIME = meaning("runtime")
+
+
+def field_names(kind: str | None = None, resume: bool | None = None, ablation: bool | None = None) -> tuple[str, ...]:
+    """The flat field names (RunConfig order) whose meaning() matches every argument given."""
+    wanted = {k: v for k, v in {"kind": kind, "resume": resume, "ablation": ablation}.items() if v is not None}
+    names = []
+    for section in (*SECTIONS.values(), RunConfig):
+        for f in dataclasses.fields(section):
+            if f.name not in SECTIONS and all(f.metadata.get(k, meaning()[k]) == v for k, v in wanted.items()):
+                names.append(f.name)
+    return tuple(names)
+
+
 @dataclass
 class AGPNetConfig:
     """Every setting of the model and its perturbation branch. [paper]: arXiv 2408.07490;
@@ -57,11 +82,14 @@ class AGPNetConfig:
 
 
     # Encoder: a frozen timm ViT.
-    backbone: str = "vit_small_patch16_224.dino"  # [paper] DINO ViT-S/16
+    # [paper] DINO ViT-S/16
+    backbone: str = field(default="vit_small_patch16_224.dino", metadata=meaning(ablation=True))
     backbone_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
     image_size: int = 256  # [default] input side (px); 256 -> 16x16 tokens with patch 16
-    blocks: tuple[int, ...] = (3, 6, 9, 12)  # [default] tapped encoder blocks, 1-indexed
-    init_seed: int = 0  # [default] seed of the decoder init (and of a random encoder)
+    # [default] tapped encoder blocks, 1-indexed
+    blocks: tuple[int, ...] = field(default=(3, 6, 9, 12), metadata=meaning(ablation=True))
+    # [default] seed of the decoder init (and of a random encoder)
+    init_seed: int = field(default=0, metadata=meaning("seed"))
 
     # Decoder: a small ViT over the token grid, width = encoder width.
     decoder_depth: int = 4  # [default]
@@ -69,14 +97,19 @@ class AGPNetConfig:
     decoder_mlp_ratio: float = 4.0  # [default]
 
     # Perturbation branch (training only).
-    noise: str = "attention"  # [paper] none | uniform | attention (ablation 1)
-    noise_level: str = "both"  # [paper] image | feature | both (ablation 1)
-    attention: str = "both"  # [paper] A_prior only | A_learn only | both (ablation 6)
-    ema_decoder: bool = True  # [paper] A_learn from an EMA copy of the decoder (ablation 4)
+    # [paper] none | uniform | attention (ablation 1)
+    noise: str = field(default="attention", metadata=meaning(ablation=True))
+    # [paper] image | feature | both (ablation 1)
+    noise_level: str = field(default="both", metadata=meaning(ablation=True))
+    # [paper] A_prior only | A_learn only | both (ablation 6)
+    attention: str = field(default="both", metadata=meaning(ablation=True))
+    # [paper] A_learn from an EMA copy of the decoder (ablation 4)
+    ema_decoder: bool = field(default=True, metadata=meaning(ablation=True))
     ema_decay: float = 0.999  # [default] eta
     ema_warmup: bool = True  # [default] eta_t = min(eta, (1 + t) / (10 + t)) at optimiser step t (TF's num_updates)
     alpha_max: float = 20.0  # [default] attention weight of the feature noise at the end of training
-    alpha_schedule: str = "linear"  # [paper] linear increase (ablation 5)
+    # [paper] linear increase (ablation 5)
+    alpha_schedule: str = field(default="linear", metadata=meaning(ablation=True))
     schedule_steps: int = 4  # [default] number of levels of the "step" schedules
     beta: float = 1.0  # [default] attention-independent part of the feature noise
     feature_noise_scale: str = "token_norm"  # [default] E ~ N(0,1) * ||f||_2 / C per token ("unit": no scaling)
@@ -133,15 +166,21 @@ class TrainConfig:
     lr_decay_at: float = 0.8  # fraction of the epochs after which the lr is multiplied by lr_decay_gamma
     lr_decay_gamma: float = 0.1
     grad_clip: float = 5.0  # max gradient norm; 0 = off
-    seed: int = 0
-    checkpoint_every: int = 0  # epochs between checkpoints; 0 = at the end only
-    num_workers: int | None = None  # DataLoader workers; None = min(4, CPUs) on CUDA, 0 on CPU
+    seed: int = field(default=0, metadata=meaning("seed"))
+    # epochs between checkpoints; 0 = at the end only
+    checkpoint_every: int = field(default=0, metadata=meaning("runtime", resume=True))
+    # DataLoader workers; None = min(4, CPUs) on CUDA, 0 on CPU
+    num_workers: int | None = field(default=None, metadata=meaning("runtime", resume=True))
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA, off on CPU), "bf16" or "off"
-    compile: bool = False  # torch.compile the encoder and the decoders (pays off on long CUDA runs)
-    compile_mode: str = "default"  # torch.compile mode: "default", or "reduce-overhead" (CUDA graphs)
-    cache_features: bool = True  # compute clean features + A_prior once and reuse them
-    image_cache: str = "auto"  # decoded training images kept: auto (device on CUDA when they fit, else host), device,
-    #                            host, off (decode in DataLoader workers every epoch); the result is the same
+    # torch.compile the encoder and the decoders (pays off on long CUDA runs)
+    compile: bool = field(default=False, metadata=meaning("runtime", resume=True))
+    # torch.compile mode: "default", or "reduce-overhead" (CUDA graphs)
+    compile_mode: str = field(default="default", metadata=meaning("runtime", resume=True))
+    # compute clean features + A_prior once and reuse them
+    cache_features: bool = field(default=True, metadata=RUNTIME)
+    # decoded training images kept: auto (device on CUDA when they fit, else host), device, host, off (decode in
+    # DataLoader workers every epoch); the result is the same
+    image_cache: str = field(default="auto", metadata=meaning("runtime", resume=True))
 
     def __post_init__(self):
         if self.amp not in ("auto", "bf16", "off"):
@@ -158,9 +197,10 @@ class DataConfig:
     """Which images: dataset kind, root folder and setting (see agpnet.data.load_split)."""
 
     dataset: str = "mvtec"
-    root: str = "data/synth"
+    root: str = field(default="data/synth", metadata=meaning("identity"))
     setting: str = "multi-class"
-    category: str | None = None  # one-class: required; multi-class: optional comma-separated subset
+    # one-class: required; multi-class: optional comma-separated subset
+    category: str | None = field(default=None, metadata=meaning("identity"))
     shots: int | None = None  # few-shot: k normal training images per category
     fast_jpeg: bool = False  # decode JPEGs in Pillow's draft mode (reduced scale) before the resize: faster, not
     #                          the full decode published numbers use
@@ -176,11 +216,12 @@ EVAL_RESOLUTIONS = ("input", "original")  # maps and masks at S x S, or at each 
 class EvalConfig:
     """How the final model is evaluated (metrics.md)."""
 
-    eval_batch_size: int = 16
+    eval_batch_size: int = field(default=16, metadata=RUNTIME)
     fpr_limit: float = 0.3  # AUPRO integration limit
     eval_resolution: str = "input"  # "input": maps and masks at S x S; "original": at each image's own size
-    save_maps: bool = False  # write maps.npz (anomaly maps + attention masks) for the viewer
-    maps_size: int = 128  # side length of the maps stored in maps.npz (px)
+    # write maps.npz (anomaly maps + attention masks) for the viewer
+    save_maps: bool = field(default=False, metadata=RUNTIME)
+    maps_size: int = field(default=128, metadata=RUNTIME)  # side length of the maps stored in maps.npz (px)
     eval_precision: str = "fp32"  # fp32: decoder in fp32, maps kept as float32 (4 B/px); bf16: bf16 autocast on
     #                               CUDA (as amp), maps kept as float16 (2 B/px)
 
@@ -200,8 +241,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     weights: str = "hub"  # "hub" (pretrained or stop), "auto" (hub, else random: demo), "random", a file or folder
-    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
-    out_dir: str = "runs/run"
+    # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    device: str = field(default="auto", metadata=RUNTIME)
+    out_dir: str = field(default="runs/run", metadata=RUNTIME)
 
     def to_dict(self) -> dict:
         """Nested plain dict (tuples as lists), as stored in the run record."""

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from agpnet.atomic import write_text
-from agpnet.config import SECTIONS
+from agpnet.config import SECTIONS, field_names
 from agpnet.errors import AgpnetError
 from agpnet.published import DATASET_CATEGORIES, published_rows
 
@@ -31,12 +31,11 @@ COLUMNS = {
     "pixel_auroc": "P-AUROC", "pixel_ap": "P-AP", "pixel_f1max": "P-F1max",
     "aupro": "AUPRO", "mad": "mAD",
 }
-# Fields that do not make two runs a different method (the run's identity, not its recipe).
-NOT_METHOD_FIELDS = ("seed", "init_seed", "category", "root", "out_dir", "device", "save_maps", "maps_size",
-                     "eval_batch_size")
-SEED_FIELDS = ("seed", "init_seed")
-# The ablation factors of docs/method.md (config field names).
-ABLATION_FACTORS = ("noise", "noise_level", "backbone", "blocks", "ema_decoder", "alpha_schedule", "attention")
+# From the config fields' meaning (agpnet.config.meaning): what does not make two runs a different
+# method (seeds, the data's identity, runtime settings), what makes repeats, and the ablation factors.
+NOT_METHOD_FIELDS = tuple(name for name in field_names() if name not in field_names(kind="recipe"))
+SEED_FIELDS = field_names(kind="seed")
+ABLATION_FACTORS = field_names(ablation=True)
 OURS = "AGPNet (ours)"
 MISSING = "–"  # no published number
 UNDEFINED = "NaN"  # our metric is undefined (e.g. no defective test image; see metrics.md)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import agpnet
 from agpnet.atomic import atomic_write
-from agpnet.config import TrainConfig
+from agpnet.config import TrainConfig, field_names
 from agpnet.data.decoded import DecodedImages
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNet, AGPNetConfig
@@ -47,11 +47,11 @@ CHECKPOINT_KEYS = ("model_config", "train_config", "weights", "weights_info", "e
                    "decoder", "decoder_ema", "optimizer", "epoch", "loss_per_epoch", "data", "segments")
 SYNC_EVERY = 10  # steps between host syncs (loss check, progress bar)
 IMAGE_CACHE_SHARE = 0.25  # image_cache=auto keeps the decoded images on the GPU up to this share of its free memory
-# Fields that may change when resuming. num_workers and checkpoint_every do not change the result;
-# compile and compile_mode change the floating-point rounding, so a run resumed with another compile
-# setting (or on another device) is not bit-identical: each stretch of training is listed in the
-# checkpoint's and the record's `segments`.
-RESUME_FREE_FIELDS = ("num_workers", "checkpoint_every", "image_cache", "compile", "compile_mode")
+# Fields that may change when resuming (meaning(resume=True) in agpnet.config): num_workers,
+# checkpoint_every and image_cache do not change the result; compile and compile_mode change the
+# floating-point rounding, so a run resumed with another compile setting (or on another device) is
+# not bit-identical: each stretch of training is listed in the checkpoint's and the record's `segments`.
+RESUME_FREE_FIELDS = field_names(resume=True)
 
 
 class TrainingDiverged(AgpnetError):

@@ -103,6 +103,22 @@ def test_one_class_runs_form_one_table_with_a_mean_over_categories(tmp_path):
         assert NUMBER.match(value) and "±" not in value
 
 
+def test_runtime_settings_do_not_make_another_method(tmp_path):
+    """Seeds that differ only in compile, workers or device are repeats of one method (before,
+    compile made two methods); the three field lists come from the config fields' meaning."""
+    write_run(tmp_path / "a", seed=0, categories=("bottle",))
+    write_run(tmp_path / "b", seed=1, categories=("bottle",), train={"compile": True, "num_workers": 4})
+    (table,) = tables.paper_tables(tables.load_records(tmp_path), published=False)
+    assert list(dict.fromkeys(table.frame["method"])) == ["AGPNet (ours; 2 seeds)"]
+    assert {"compile", "compile_mode", "num_workers", "image_cache", "device", "seed"} <= set(tables.NOT_METHOD_FIELDS)
+    assert tables.SEED_FIELDS == ("init_seed", "seed")
+    assert set(tables.ABLATION_FACTORS) == {"noise", "noise_level", "backbone", "blocks", "ema_decoder",
+                                            "alpha_schedule", "attention"}
+    from agpnet.train import RESUME_FREE_FIELDS
+
+    assert set(RESUME_FREE_FIELDS) == {"num_workers", "checkpoint_every", "image_cache", "compile", "compile_mode"}
+
+
 def test_configurations_are_separate_methods_and_nan_is_shown(tmp_path):
     metrics = {"bottle": {k: 0.5 for k in KEYS}, "mean": {k: 0.5 for k in KEYS}}
     metrics["bottle"]["aupro"] = metrics["mean"]["aupro"] = None  # NaN in the record (written as null)
@@ -161,9 +177,9 @@ def test_ablation_frame_keeps_the_other_factors_at_baseline(tmp_path):
     assert set(noise["metric"]) == set(tables.COLUMNS.values()) and len(noise) == 4 * len(tables.COLUMNS)
     assert noise["value"].between(50, 100).all()  # percent
     studies = tables.ablation_studies(frame)
-    assert [(title, factor) for title, factor, _ in studies] == [
-        ("mvtec multi-class: noise", "noise"),
+    assert [(title, factor) for title, factor, _ in studies] == [  # in the config's field order
         ("mvtec multi-class: blocks", "blocks"),
+        ("mvtec multi-class: noise", "noise"),
     ]
     summary = tables.ablation_summary(noise, "noise")
     assert list(summary["noise"]) == ["attention", "none"] and list(summary["runs"]) == [2, 2]
