@@ -19,7 +19,7 @@ from agpnet.atomic import atomic_write
 from agpnet.data import load_mask
 from agpnet.data.imagefile import image_size
 from agpnet.metrics import MetricAccumulator
-from agpnet.train import autocast, loader_workers
+from agpnet.runtime import autocast, loader_workers
 
 
 @dataclass

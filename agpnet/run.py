@@ -16,8 +16,9 @@ from agpnet.environment import describe_environment, resolve_device, timestamp
 from agpnet.errors import AgpnetError
 from agpnet.evaluate import EvalResult, evaluate
 from agpnet.model import build_model
+from agpnet.model.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from agpnet.progress import PROGRESS_NAME
-from agpnet.train import CHECKPOINT_NAME, fit, load_checkpoint
+from agpnet.train import fit
 
 log = logging.getLogger(__name__)
 

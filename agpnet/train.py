@@ -16,7 +16,6 @@ a run resumed from an end-of-epoch checkpoint continues exactly as an uninterrup
 import dataclasses
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Iterable, Iterator
@@ -24,27 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-import agpnet
-from agpnet.atomic import atomic_write
 from agpnet.config import TrainConfig, field_names
 from agpnet.data.decoded import DecodedImages
 from agpnet.errors import AgpnetError
-from agpnet.model import AGPNet, AGPNetConfig
-from agpnet.model.agpnet import assemble
-from agpnet.model.backbone import create_backbone, random_backbone
+from agpnet.model import AGPNet
+from agpnet.model.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from agpnet.progress import ProgressFile
+from agpnet.runtime import autocast, loader_workers
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "agpnet-checkpoint-2"
-CHECKPOINT_KEYS = ("model_config", "train_config", "weights", "weights_info", "encoder_sha256", "encoder",
-                   "decoder", "decoder_ema", "optimizer", "epoch", "loss_per_epoch", "data", "segments")
 SYNC_EVERY = 10  # steps between host syncs (loss check, progress bar)
 IMAGE_CACHE_SHARE = 0.25  # image_cache=auto keeps the decoded images on the GPU up to this share of its free memory
 # Fields that may change when resuming (meaning(resume=True) in agpnet.config): num_workers,
@@ -178,19 +170,6 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     return TrainResult(losses, seconds, n_images / seconds, path, segments)
 
 
-def loader_workers(num_workers: int | None, device: torch.device) -> int:
-    """DataLoader workers: as configured, else min(4, CPUs) on CUDA and 0 (main process) on CPU."""
-    if num_workers is not None:
-        return num_workers
-    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
-
-
-def autocast(amp: str, device: torch.device) -> torch.autocast:
-    """bf16 autocast for amp="bf16", or for amp="auto" on CUDA; a disabled context otherwise."""
-    enabled = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def seed_epoch(seed: int, epoch: int, order: torch.Generator) -> None:
     """Seed torch (CPU and CUDA), numpy, random and the data-order generator from (seed, epoch)."""
     s = seed * 1_000_003 + epoch
@@ -290,88 +269,6 @@ class FeatureCache:
         return self.features[index].float(), self.attention[index]
 
 
-# -- checkpoints ---------------------------------------------------------------------------
-def save_checkpoint(path: Path, model: AGPNet, optimizer, cfg: TrainConfig, epoch: int, losses: list[float],
-                    fingerprint: str, data: dict | None, segments: list[dict]) -> Path:
-    """Atomically write the training state after `epoch` completed epochs (plain types only)."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model_config": model.cfg.to_dict(),
-        "train_config": dataclasses.asdict(cfg),
-        "weights": model.weights,
-        "weights_info": dict(model.weights_info),
-        "encoder_sha256": fingerprint,
-        # Random (not pretrained) encoder weights travel with the checkpoint.
-        "encoder": None if model.weights_info["pretrained"] else model.encoder.vit.state_dict(),
-        "decoder": model.decoder.state_dict(),
-        "decoder_ema": model.decoder_ema.state_dict() if model.decoder_ema is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "loss_per_epoch": list(losses),
-        "data": data,
-        "segments": [dict(s) for s in segments],
-        "versions": {"agpnet": agpnet.__version__, "torch": str(torch.__version__), "timm": str(timm.__version__)},
-    }
-    return atomic_write(path, lambda tmp: _torch_save(state, tmp))
-
-
-def _torch_save(obj, path: Path) -> None:
-    """torch.save, but a failed write (a full disk) raises its OSError: torch itself reports it
-    as a RuntimeError such as "unexpected pos 704 vs 598"."""
-    with open(path, "wb") as file:
-        writer = _KeepWriteError(file)
-        try:
-            torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is None:
-                raise
-            raise writer.error from None
-
-
-class _KeepWriteError:
-    """A binary file for torch.save whose `write` remembers the OSError it raised."""
-
-    def __init__(self, file):
-        self.file, self.error = file, None
-
-    def write(self, data) -> int:
-        try:
-            return self.file.write(data)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """The checkpoint's contents, with every key present and valid stored configs; a file that
-    is missing, unreadable, of another format or damaged raises one AgpnetError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise AgpnetError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise AgpnetError(f"{path}: not a readable agpnet checkpoint ({' '.join(str(err).split())[:200]})") from None
-    found = state.get("format") if isinstance(state, dict) else None
-    if isinstance(found, str) and found.startswith("agpnet-checkpoint-") and found != CHECKPOINT_FORMAT:
-        raise AgpnetError(f"{path}: checkpoint format {found!r} is not the one this agpnet {agpnet.__version__} "
-                          f"reads ({CHECKPOINT_FORMAT!r}); use the agpnet version that wrote it")
-    if found != CHECKPOINT_FORMAT:
-        raise AgpnetError(f"{path}: not an agpnet checkpoint (expected format {CHECKPOINT_FORMAT})")
-    missing = [key for key in CHECKPOINT_KEYS if key not in state]
-    if missing:
-        raise AgpnetError(f"{path}: damaged checkpoint, it lacks {', '.join(missing)}")
-    for key, build in (("model_config", AGPNetConfig.from_dict), ("train_config", lambda d: TrainConfig(**d))):
-        try:
-            build(state[key])
-        except (AgpnetError, TypeError, ValueError) as err:
-            raise AgpnetError(f"{path}: its {key.replace('_', ' ')} is not valid for this agpnet ({err})") from None
-    return state
-
-
 def check_resumable(state: dict, model: AGPNet, cfg: TrainConfig, fingerprint: str, path: Path,
                     data: dict | None) -> None:
     """The checkpoint must come from the same data, model config, encoder weights and training settings."""
@@ -394,54 +291,3 @@ def check_resumable(state: dict, model: AGPNet, cfg: TrainConfig, fingerprint: s
     if state["encoder_sha256"] != fingerprint:
         raise AgpnetError(f"{path}: checkpoint was trained on different encoder weights "
                           f"({state['weights_info']['source']}, now {model.weights_info['source']})")
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[AGPNet, dict]:
-    """(model in eval mode on `device`, meta) from a checkpoint; meta holds everything but the weights:
-    model_config, train_config, weights, weights_info, encoder_sha256, epoch, loss_per_epoch, data, segments,
-    versions."""
-    path = Path(path)
-    state = read_checkpoint(path, "cpu")
-    cfg = AGPNetConfig.from_dict(state["model_config"])
-    try:
-        if state["encoder"] is not None:
-            vit = random_backbone(cfg)
-        else:
-            vit, _ = create_backbone(cfg, state["weights"])
-        model = assemble(cfg, vit)
-    except AgpnetError as err:
-        raise AgpnetError(f"{path}: cannot rebuild its model ({err})") from None
-    if state["encoder"] is not None:
-        load_weights(model.encoder.vit, state["encoder"], path, "encoder")
-    if model.encoder.fingerprint() != state["encoder_sha256"]:
-        raise AgpnetError(f"{path}: the encoder weights from {state['weights_info']['source']} differ from "
-                          "those the checkpoint was trained with")
-    load_weights(model.decoder, state["decoder"], path, "decoder")
-    if model.decoder_ema is not None:
-        load_weights(model.decoder_ema, state["decoder_ema"], path, "decoder_ema")
-    model.weights, model.weights_info = state["weights"], state["weights_info"]
-    meta = {k: v for k, v in state.items() if k not in ("encoder", "decoder", "decoder_ema", "optimizer")}
-    return model.to(device).eval(), meta
-
-
-def load_weights(module: torch.nn.Module, weights, path: Path, key: str) -> None:
-    """Load the checkpoint's `key` into `module` strictly; weights that do not fit the module
-    built from the stored config raise one AgpnetError naming the file and the first differences."""
-    if not isinstance(weights, dict):
-        raise AgpnetError(f"{path}: its {key} is {type(weights).__name__}, expected the weights of the {key}")
-    own = module.state_dict()
-    missing = [name for name in own if name not in weights]
-    unexpected = [name for name in weights if name not in own]
-    reshaped = [f"{name} {_shape(weights[name])} for {tuple(tensor.shape)}" for name, tensor in own.items()
-                if name in weights and _shape(weights[name]) != tuple(tensor.shape)]
-    differences = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-                   for what, names in (("missing", missing), ("unexpected", unexpected),
-                                       ("of another shape", reshaped)) if names]
-    if differences:
-        raise AgpnetError(f"{path}: its {key} weights do not fit the model of its stored config: "
-                          f"{'; '.join(differences)}")
-    module.load_state_dict(weights)
-
-
-def _shape(value) -> tuple | str:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

@@ -569,8 +569,8 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
 
     from agpnet.data import AnomalyDataset, Sample
     from agpnet.environment import resolve_device
+    from agpnet.model.checkpoint import load_checkpoint
     from agpnet.model.perturbation import schedule
-    from agpnet.train import load_checkpoint
 
     run = load_run(run_dir)
     checkpoint = run.run_dir / "checkpoint.pt"

@@ -13,7 +13,8 @@ from test_train import Stripes, make_model
 
 from agpnet.cli import main
 from agpnet.config import RunConfig
-from agpnet.train import TrainConfig, fit, load_checkpoint
+from agpnet.model.checkpoint import load_checkpoint
+from agpnet.train import TrainConfig, fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -18,9 +18,10 @@ from fixtures_data import make_mvtec, write_image
 
 from agpnet.atomic import write_json
 from agpnet.cli import main
+from agpnet.config import TrainConfig
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNetConfig, build_model
-from agpnet.train import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint
+from agpnet.model.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,8 @@ def test_checkpoint_write_failure_names_the_file_and_leaves_no_temporary_file(ch
     280 kB checkpoint (torch turns the failure into "RuntimeError: unexpected pos ...")."""
     script = textwrap.dedent(f"""
         import resource, signal, sys, torch
-        from agpnet.train import TrainConfig, load_checkpoint, save_checkpoint
+        from agpnet.config import TrainConfig
+        from agpnet.model.checkpoint import load_checkpoint, save_checkpoint
         model, meta = load_checkpoint({str(checkpoint)!r})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))

@@ -9,8 +9,9 @@ import torch
 
 from agpnet.errors import AgpnetError
 from agpnet.model import AGPNetConfig, build_model
+from agpnet.model.checkpoint import load_checkpoint
 from agpnet.progress import ProgressFile, read_progress
-from agpnet.train import FeatureCache, TrainConfig, TrainingDiverged, fit, load_checkpoint
+from agpnet.train import FeatureCache, TrainConfig, TrainingDiverged, fit
 
 
 class Stripes(torch.utils.data.Dataset):

@@ -1,0 +1,54 @@
+"""The package's layers, read from its import statements (function-level imports included):
+inference does not depend on the training loop, and nothing imports in a circle."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "agpnet"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module name -> the agpnet modules it imports (a package import counts as its __init__)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {m for m in imported if m in modules and m != name}
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_inference_does_not_import_the_training_loop():
+    graph = import_graph()
+    for module in ("agpnet.evaluate", "agpnet.predict", "agpnet.viewer", "agpnet.model.checkpoint"):
+        assert "agpnet.train" not in reachable(graph, module), module
+
+
+def test_core_does_not_import_the_engine_or_the_suite():
+    graph = import_graph()
+    engine_and_suite = {"agpnet.train", "agpnet.evaluate", "agpnet.run", "agpnet.predict", "agpnet.sweep",
+                        "agpnet.tables", "agpnet.report", "agpnet.viewer", "agpnet.plots", "agpnet.cli"}
+    for core in ("agpnet.data", "agpnet.model", "agpnet.metrics", "agpnet.config"):
+        assert not reachable(graph, core) & engine_and_suite, core
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert [module for module in graph if module in reachable(graph, module)] == []
