@@ -570,7 +570,6 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
     from agpnet.data import AnomalyDataset, Sample
     from agpnet.environment import resolve_device
     from agpnet.model.checkpoint import load_checkpoint
-    from agpnet.model.perturbation import schedule
 
     run = load_run(run_dir)
     checkpoint = run.run_dir / "checkpoint.pt"
@@ -600,8 +599,8 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
             for k, result in enumerate(results):
                 result["stages"].append({
                     "progress": float(t),
-                    "alpha": cfg.alpha_max * schedule(cfg.alpha_schedule, t, cfg.schedule_steps),
-                    "ratio": cfg.mask_ratio_max * schedule(cfg.mask_ratio_schedule, t, cfg.schedule_steps),
+                    "alpha": model.perturbation.alpha(t),
+                    "ratio": model.perturbation.mask_ratio(t),
                     **{key: None if masks.get(key) is None else masks[key][k].float().cpu().numpy()
                        for key in ATTENTION_KEYS},
                     "image_perturbed": denormalize(preview["image_perturbed"][k], model.mean, model.std),

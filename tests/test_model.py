@@ -257,7 +257,7 @@ def test_loss_targets_the_clean_features_per_token(tiny_model_fields):
     model = make_model(tiny_model_fields, alpha_max=0.0, beta=0.0)
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     shifted = images + 0.5
-    model.perturb_image = lambda imgs, a_final, progress, generator=None: (shifted, None)
+    model.perturbation.perturb_image = lambda imgs, a_final, t, generator=None: (shifted, None)
     loss = model.training_loss(images, progress=1.0)
     with torch.no_grad():
         f_clean, _ = model.encode_clean(images)

@@ -47,15 +47,15 @@ def test_final_attention_is_sum_of_normalised_maps(tiny_model_fields):
     model = make_model(tiny_model_fields)
     f_clean, a_prior = model.encode_clean(images())
     a_learn = model.learned_attention(f_clean)
-    torch.testing.assert_close(model.final_attention(f_clean, a_prior), minmax(a_prior) + minmax(a_learn))
+    torch.testing.assert_close(model.perturbation.final_attention(a_prior, a_learn), minmax(a_prior) + minmax(a_learn))
     masks = model.attention_masks(images())
     assert set(masks) == {"a_prior", "a_learn", "a_final"}
     assert all(m.shape == (2, 8, 8) for m in masks.values())
     torch.testing.assert_close(masks["a_final"], masks["a_prior"] + masks["a_learn"])
     only_prior = make_model(tiny_model_fields, attention="prior")
-    torch.testing.assert_close(only_prior.final_attention(f_clean, a_prior), minmax(a_prior))
+    torch.testing.assert_close(only_prior.perturbation.final_attention(a_prior, a_learn), minmax(a_prior))
     only_learn = make_model(tiny_model_fields, attention="learn")
-    torch.testing.assert_close(only_learn.final_attention(f_clean, None), minmax(a_learn))
+    torch.testing.assert_close(only_learn.perturbation.final_attention(a_prior, a_learn), minmax(a_learn))
 
 
 def test_schedules():
@@ -68,10 +68,10 @@ def test_schedules():
 
 def test_alpha_and_mask_ratio_follow_the_config(tiny_model_fields):
     model = make_model(tiny_model_fields)
-    assert model.alpha(0) == 0 and model.alpha(0.5) == 10 and model.alpha(1) == 20
-    assert model.mask_ratio(0) == 0 and model.mask_ratio(0.5) == 0.25
+    assert model.perturbation.alpha(0) == 0 and model.perturbation.alpha(0.5) == 10 and model.perturbation.alpha(1) == 20
+    assert model.perturbation.mask_ratio(0) == 0 and model.perturbation.mask_ratio(0.5) == 0.25
     constant = make_model(tiny_model_fields, alpha_schedule="constant", alpha_max=7)
-    assert constant.alpha(0) == constant.alpha(0.9) == 7
+    assert constant.perturbation.alpha(0) == constant.perturbation.alpha(0.9) == 7
 
 
 @pytest.mark.parametrize("alpha, beta", [(0.0, 1.0), (20.0, 1.0), (5.0, 0.5)])
@@ -117,13 +117,13 @@ def test_uniform_noise_keeps_the_budget_without_the_attention(tiny_model_fields)
     attention = make_model(tiny_model_fields)
     uniform = make_model(tiny_model_fields, noise="uniform")
     a_final = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
-    w_att, w_uni = attention.noise_weight(a_final), uniform.noise_weight(a_final)
+    w_att, w_uni = attention.perturbation.noise_weight(a_final), uniform.perturbation.noise_weight(a_final)
     torch.testing.assert_close(w_uni.sum(dim=(1, 2)), w_att.sum(dim=(1, 2)))
     assert torch.equal(w_uni, w_uni[:, :1, :1].expand_as(w_uni))  # constant per sample
     x = images()
     g = torch.Generator().manual_seed(2)
-    _, mask_uni = uniform.perturb_image(x, a_final, progress=1.0, generator=g)
-    _, mask_att = attention.perturb_image(x, a_final, progress=1.0, generator=g)
+    _, mask_uni = uniform.perturbation.perturb_image(x, a_final, 1.0, generator=g)
+    _, mask_att = attention.perturbation.perturb_image(x, a_final, 1.0, generator=g)
     assert mask_uni.sum() == mask_att.sum() and not torch.equal(mask_uni, mask_att)
 
 
@@ -134,7 +134,7 @@ def test_perturbation_preview(tiny_model_fields):
     assert out["image_perturbed"].shape == (3, 3, 64, 64) and out["feature_noise_std"].shape == (3, 8, 8)
     assert (out["image_mask"].flatten(1).float().mean(dim=1) == 0.25).all()
     f_clean, a_prior = model.encode_clean(x)
-    weight = minmax(model.final_attention(f_clean, a_prior)).flatten(1)
+    weight = minmax(model.perturbation.final_attention(a_prior, model.learned_attention(f_clean))).flatten(1)
     expected = (10 * weight + 1) * f_clean.norm(dim=-1) / f_clean.shape[-1]
     torch.testing.assert_close(out["feature_noise_std"].flatten(1), expected)
     start = model.perturbation_preview(x, progress=0.0)

@@ -21,14 +21,7 @@ from agpnet.errors import AgpnetError
 from agpnet.model.backbone import create_backbone
 from agpnet.model.decoder import Decoder
 from agpnet.model.encoder import Encoder
-from agpnet.model.perturbation import (
-    feature_noise_std,
-    final_attention,
-    minmax,
-    perturb_features,
-    perturb_image,
-    schedule,
-)
+from agpnet.model.perturbation import Perturbation, minmax
 
 
 class AGPNet(nn.Module):
@@ -45,6 +38,7 @@ class AGPNet(nn.Module):
             raise AgpnetError(f"model config decoder_heads={cfg.decoder_heads}: must divide the encoder width {dim}")
         self.decoder = Decoder(dim, self.grid, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp_ratio)
         self.decoder_ema = copy.deepcopy(self.decoder).requires_grad_(False) if cfg.ema_decoder else None
+        self.perturbation = Perturbation(cfg)  # the training-only branch: attention, noise, schedules
         pretrained_cfg = getattr(vit, "pretrained_cfg", None) or {}
         self.mean = tuple(pretrained_cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
         self.std = tuple(pretrained_cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
@@ -86,38 +80,6 @@ class AGPNet(nn.Module):
         decoder = self.decoder_ema if self.decoder_ema is not None else self.decoder
         return decoder(f_clean, return_attention=True)[1]
 
-    def final_attention(self, f_clean: torch.Tensor, a_prior: torch.Tensor) -> torch.Tensor:
-        """A_final (B, h, w) in [0, 2] from the attention sources cfg.attention selects."""
-        use = self.cfg.attention
-        return final_attention(a_prior if use != "learn" else None,
-                               self.learned_attention(f_clean) if use != "prior" else None)
-
-    def noise_weight(self, a_final: torch.Tensor) -> torch.Tensor:
-        """Where the feature noise goes, (B, h, w) in [0, 1]: norm(A_final), or for noise="uniform"
-        its per-sample mean everywhere (the same noise budget without the attention weighting)."""
-        weight = minmax(a_final)
-        if self.cfg.noise == "uniform":
-            weight = weight.mean(dim=(1, 2), keepdim=True).expand_as(weight)
-        return weight
-
-    def alpha(self, progress: float) -> float:
-        return self.cfg.alpha_max * schedule(self.cfg.alpha_schedule, progress, self.cfg.schedule_steps)
-
-    def mask_ratio(self, progress: float) -> float:
-        return self.cfg.mask_ratio_max * schedule(self.cfg.mask_ratio_schedule, progress, self.cfg.schedule_steps)
-
-    def feature_noise(self, features: torch.Tensor, weight: torch.Tensor, progress: float) -> torch.Tensor:
-        """Per-token std (B, N) of the feature noise at training progress `progress`."""
-        return feature_noise_std(features, weight, self.alpha(progress), self.cfg.beta, self.cfg.feature_noise_scale)
-
-    def perturb_image(self, images: torch.Tensor, a_final: torch.Tensor, progress: float,
-                      generator: torch.Generator | None = None):
-        """Noise on the top mask_ratio(progress) pixels by A_final (noise="uniform": by a random map)."""
-        scores = a_final
-        if self.cfg.noise == "uniform":
-            scores = torch.rand(a_final.shape, device=a_final.device, generator=generator)
-        return perturb_image(images, scores, self.mask_ratio(progress), self.cfg.image_noise_std, generator)
-
     def training_loss(self, images: torch.Tensor, progress: float, clean=None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Reconstruction loss of one batch at training progress `progress` in [0, 1] (scalar).
@@ -128,28 +90,12 @@ class AGPNet(nn.Module):
         clean features, and features of the image-perturbed image (also feature-perturbed when
         noise_level="both"). noise="none": plain reconstruction of the clean features.
         """
-        cfg = self.cfg
+        policy = self.perturbation
         if clean is None:
-            f_clean, a_prior = self.encode_clean(images, with_attention=cfg.noise != "none" and cfg.attention != "learn")
+            f_clean, a_prior = self.encode_clean(images, with_attention=policy.active and policy.uses_prior)
         else:
             f_clean, a_prior = clean[0].float(), clean[1].float()
-        if cfg.noise == "none":
-            return token_mse(self.decoder(f_clean), f_clean)
-
-        a_final = self.final_attention(f_clean, a_prior)
-        weight = self.noise_weight(a_final)
-        inputs = []
-        if cfg.noise_level in ("feature", "both"):
-            inputs.append(perturb_features(f_clean, self.feature_noise(f_clean, weight, progress), generator))
-        if cfg.noise_level in ("image", "both"):
-            perturbed, _ = self.perturb_image(images, a_final, progress, generator)
-            own_attention = cfg.noise_level == "both" and cfg.image_branch_attention == "perturbed"
-            f_image, a_prior_image = self.encode_clean(perturbed, with_attention=own_attention)
-            if cfg.noise_level == "both":
-                if own_attention:
-                    weight = self.noise_weight(self.final_attention(f_image, a_prior_image))
-                f_image = perturb_features(f_image, self.feature_noise(f_image, weight, progress), generator)
-            inputs.append(f_image)
+        inputs = policy.inputs(self, images, f_clean, a_prior, progress, generator)["decoder_inputs"]
         recon = self.decoder(torch.cat(inputs))  # both branches in one batch: the mean is (L_feat + L_img,feat) / 2
         return token_mse(recon, f_clean.repeat(len(inputs), 1, 1))
 
@@ -190,8 +136,7 @@ class AGPNet(nn.Module):
         """
         f_clean, a_prior = self.encode_clean(images)
         a_learn = self.learned_attention(f_clean)
-        use = self.cfg.attention
-        a_final = final_attention(a_prior if use != "learn" else None, a_learn if use != "prior" else None)
+        a_final = self.perturbation.final_attention(a_prior, a_learn)
         return {"a_prior": minmax(a_prior), "a_learn": minmax(a_learn), "a_final": a_final}
 
     @torch.no_grad()
@@ -200,18 +145,10 @@ class AGPNet(nn.Module):
         """What training does to `images` at `progress`, for the clean-image branch (a `generator`,
         if given, must live on the images' device):
         {"image_perturbed": (B, 3, S, S), "image_mask": (B, S, S) bool, "feature_noise_std": (B, h, w)}."""
-        cfg = self.cfg
-        b = images.shape[0]
         f_clean, a_prior = self.encode_clean(images)
-        perturbed, mask = images, torch.zeros(b, *images.shape[-2:], dtype=torch.bool, device=images.device)
-        std = torch.zeros(b, *self.grid, device=images.device)
-        if cfg.noise != "none":
-            a_final = self.final_attention(f_clean, a_prior)
-            if cfg.noise_level in ("feature", "both"):
-                std = self.feature_noise(f_clean, self.noise_weight(a_final), progress).view(b, *self.grid)
-            if cfg.noise_level in ("image", "both"):
-                perturbed, mask = self.perturb_image(images, a_final, progress, generator)
-        return {"image_perturbed": perturbed, "image_mask": mask, "feature_noise_std": std}
+        out = self.perturbation.inputs(self, images, f_clean, a_prior, progress, generator, training=False)
+        return {"image_perturbed": out["image_perturbed"], "image_mask": out["image_mask"],
+                "feature_noise_std": out["feature_noise_std"].view(-1, *self.grid)}
 
 
 def token_mse(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
