@@ -7,6 +7,7 @@ running out of memory (GPU or CPU) prints one line with what to lower and exits 
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from agpnet.config import EVAL_RESOLUTIONS
@@ -88,9 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     sy = commands.add_parser("synth", help="write the synthetic demo dataset (MVTec-AD layout)")
     sy.add_argument("--out", required=True)
     sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--image-size", type=int, default=256)
-    sy.add_argument("--n-train", type=int, default=80)
-    sy.add_argument("--n-test", type=int, default=40)
+    sy.add_argument("--scale", choices=("demo", "mvtec"), default="demo",
+                    help="demo: 3 categories, small; mvtec: MVTec-AD's 15 categories, image counts and sizes")
+    sy.add_argument("--image-size", type=int, help="demo scale only [256]")
+    sy.add_argument("--n-train", type=int, help="demo scale only [80]")
+    sy.add_argument("--n-test", type=int, help="demo scale only [40]")
+    sy.add_argument("--fraction", type=float, default=1.0, help="mvtec scale only: this share of each count [1.0]")
+    sy.add_argument("--workers", type=int, help="rendering processes [1 for demo, every CPU for mvtec]")
     sy.set_defaults(handler=_cmd_synth)
 
     sw = commands.add_parser("sweep", help="run a grid of notebooks with papermill (resumable)")
@@ -182,9 +187,10 @@ def _cmd_predict(args) -> int:
 def _cmd_synth(args) -> int:
     from agpnet.data.synth import write_synthetic_dataset
 
+    started = time.perf_counter()
     root = write_synthetic_dataset(args.out, seed=args.seed, image_size=args.image_size, n_train=args.n_train,
-                                   n_test=args.n_test)
-    print(f"synthetic dataset: {root}")
+                                   n_test=args.n_test, scale=args.scale, fraction=args.fraction, workers=args.workers)
+    print(f"synthetic dataset: {root} ({time.perf_counter() - started:.1f} s)")
     return 0
 
 
