@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/metrics_speed.py
 	$(PY) benchmarks/throughput.py
 
-# On a machine with a CUDA GPU: the CUDA tests and every GPU measurement (about 5 min), logs in gpu_check/
+# On a machine with a CUDA GPU: the CUDA tests and every GPU measurement (about 13 min, estimated), logs in gpu_check/
 gpu-check: $(STAMP)
 	PY=$(PY) bash benchmarks/gpu_check.sh
 

@@ -7,6 +7,7 @@ running out of memory (GPU or CPU) prints one line with what to lower and exits 
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from agpnet.config import EVAL_RESOLUTIONS
@@ -98,9 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     sy = commands.add_parser("synth", help="write the synthetic demo dataset (MVTec-AD layout)")
     sy.add_argument("--out", required=True)
     sy.add_argument("--seed", default=0)
-    sy.add_argument("--image-size", default=256)
-    sy.add_argument("--n-train", default=80)
-    sy.add_argument("--n-test", default=40)
+    sy.add_argument("--scale", choices=("demo", "mvtec"), default="demo",
+                    help="demo: 3 categories, small; mvtec: MVTec-AD's 15 categories, image counts and sizes")
+    sy.add_argument("--image-size", help="demo scale only [256]")
+    sy.add_argument("--n-train", help="demo scale only [80]")
+    sy.add_argument("--n-test", help="demo scale only [40]")
+    sy.add_argument("--fraction", type=float, default=1.0, help="mvtec scale only: this share of each count [1.0]")
+    sy.add_argument("--workers", help="rendering processes [1 for demo, every CPU for mvtec]")
     sy.set_defaults(handler=_cmd_synth)
 
     sw = commands.add_parser("sweep", help="run a grid of notebooks with papermill (resumable)")
@@ -199,10 +204,13 @@ def _cmd_predict(args) -> int:
 def _cmd_synth(args) -> int:
     from agpnet.data.synth import write_synthetic_dataset
 
-    root = write_synthetic_dataset(args.out, seed=_integer(args.seed, "--seed"),
-                                   image_size=_integer(args.image_size, "--image-size"),
-                                   n_train=_integer(args.n_train, "--n-train"), n_test=_integer(args.n_test, "--n-test"))
-    print(f"synthetic dataset: {root}")
+    started = time.perf_counter()
+    optional = {name: None if getattr(args, name) is None else _integer(getattr(args, name), flag)
+                for name, flag in (("image_size", "--image-size"), ("n_train", "--n-train"), ("n_test", "--n-test"),
+                                   ("workers", "--workers"))}
+    root = write_synthetic_dataset(args.out, seed=_integer(args.seed, "--seed"), scale=args.scale,
+                                   fraction=args.fraction, **optional)
+    print(f"synthetic dataset: {root} ({time.perf_counter() - started:.1f} s)")
     return 0
 
 

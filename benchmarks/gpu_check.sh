@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one go (about 5 minutes on an H200):
+# Every check that needs a CUDA GPU, in one go (about 13 minutes on an H200, estimated):
 #   1. the tests, the CUDA ones included (tests/test_cuda.py and the metrics' CUDA tests);
 #   2. benchmarks/throughput.py: ViT-S at 256 px, batch 8 and 64, decoder depth 4 (default) and 2,
 #      and compiled;
 #   3. benchmarks/metrics_speed.py on the GPU;
 #   4. real runs on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class): plain,
-#      compiled, and compiled with CUDA graphs.
+#      compiled, and compiled with CUDA graphs;
+#   5. the dataset-scale benchmark (benchmarks/train_speed.py, 3 epochs on the MVTec-AD-sized
+#      synthetic set, generated once into $SPEED_DATA and reused): each compile mode with the
+#      image cache on the device, and CUDA graphs without the image cache. Its JSON lines are
+#      appended, with the step, command and date, to $RESULTS and to $OUT/train_speed.jsonl.
 # Each step has its own time limit and the script goes on when one fails; it exits 1 if any
 # failed. Everything is logged to $OUT/gpu_check.log (OUT defaults to gpu_check/; earlier
-# results there are removed first); the runs' records are copied there.
+# results there are removed first); the runs' records are copied there. All runs use random
+# encoder weights (speed does not depend on them; `weights: hub` needs the internet).
 #
 #   PY=.venv/bin/python bash benchmarks/gpu_check.sh
 #   STEPS="synth run_compiled" bash benchmarks/gpu_check.sh     # only these steps
+# Where one command may run 10 minutes at most, run it in two parts (different OUT folders):
+#   OUT=gpu_check/speed BUDGET=570 STEPS="environment synth_mvtec speed_none speed_default \
+#       speed_cudagraphs speed_cudagraphs_nocache" bash benchmarks/gpu_check.sh
+#   OUT=gpu_check/rest BUDGET=570 STEPS="environment tests throughput_b8 metrics_speed synth run \
+#       run_compiled run_cudagraphs" bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-gpu_check}
 PY=${PY:-python3}
-BUDGET=${BUDGET:-540}  # seconds for the whole script; a step never runs past it
+BUDGET=${BUDGET:-1200}  # seconds for the whole script; a step never runs past it
+SPEED_DATA=${SPEED_DATA:-data/mvtec_scale}  # kept between calls: generating it takes minutes
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | awk '{print tolower($NF)}')
+RESULTS=${RESULTS:-benchmarks/results/$(date +%F)_${GPU_NAME:-gpu}.jsonl}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 LOG=$OUT/gpu_check.log
 FAILED=()
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT"
-rm -f "$LOG" "$OUT"/record*.json "$OUT/throughput.jsonl"
+rm -f "$LOG" "$OUT"/record*.json "$OUT/throughput.jsonl" "$OUT/train_speed.jsonl"
 
 step() {  # step NAME LIMIT_S COMMAND...
     local name=$1 limit=$2 started=$SECONDS rc
     shift 2
+    rm -f "$WORK/step.log"
     if [[ -n ${STEPS:-} && " $STEPS " != *" $name "* ]]; then return; fi
     local left=$((BUDGET - SECONDS - 5))
     if ((left < 10)); then echo "== $name: skipped, out of time" | tee -a "$LOG"; FAILED+=("$name"); return; fi
@@ -40,6 +54,19 @@ step() {  # step NAME LIMIT_S COMMAND...
     ((rc == 0)) || FAILED+=("$name")
 }
 
+speed() {  # speed NAME LIMIT ARGS...: train_speed.py on $SPEED_DATA; its JSON line to $RESULTS and $OUT
+    local name=$1 limit=$2
+    shift 2
+    step "$name" "$limit" "$PY" benchmarks/train_speed.py --device cuda --root "$SPEED_DATA" "$@"
+    local line
+    line=$(grep -h '^{"images"' "$WORK/step.log" 2>/dev/null | tail -n 1)
+    [[ -n $line ]] || return 0
+    LINE=$line STEP=$name COMMAND="python3 benchmarks/train_speed.py --device cuda --root $SPEED_DATA $*" \
+        "$PY" -c 'import datetime, json, os
+print(json.dumps({"step": os.environ["STEP"], "command": os.environ["COMMAND"], **json.loads(os.environ["LINE"]),
+                  "date": datetime.date.today().isoformat()}))' | tee -a "$OUT/train_speed.jsonl" >>"$RESULTS"
+}
+
 step environment 30 bash -c "nvidia-smi -L; $PY -c 'import sys, torch, timm, numpy, sklearn; \
 print(sys.version.split()[0], torch.__version__, torch.version.cuda, timm.__version__, numpy.__version__, sklearn.__version__)'"
 step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py \
@@ -48,14 +75,14 @@ step throughput_b8 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 
 step metrics_speed 90 "$PY" benchmarks/metrics_speed.py --device cuda
 step synth 60 "$PY" -m agpnet synth --out "$WORK/synth" --seed 0
 step run 150 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
-    --device cuda --out "$WORK/run"
+    --device cuda --weights random --out "$WORK/run"
 copy_record() { [[ ! -f $1 ]] || cp "$1" "$OUT/$2"; }
 copy_record "$WORK/run/record.json" record.json
 step run_compiled 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
-    --device cuda --compile true --out "$WORK/run_compiled"
+    --device cuda --weights random --compile true --out "$WORK/run_compiled"
 copy_record "$WORK/run_compiled/record.json" record_compiled.json
 step run_cudagraphs 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
-    --device cuda --compile true --compile-mode reduce-overhead --out "$WORK/run_cudagraphs"
+    --device cuda --weights random --compile true --compile-mode reduce-overhead --out "$WORK/run_cudagraphs"
 copy_record "$WORK/run_cudagraphs/record.json" record_cudagraphs.json
 step throughput_b64 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5
 step throughput_b8_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --decoder-depth 2
@@ -64,6 +91,12 @@ step throughput_b64_compiled 180 "$PY" benchmarks/throughput.py --device cuda --
 step throughput_b8_compiled 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --compile
 step throughput_b8_cudagraphs 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 \
     --compile reduce-overhead
+step synth_mvtec 300 bash -c "grep -qs 'scale=mvtec, fraction=1.0' '$SPEED_DATA/README.md' \
+    || '$PY' -m agpnet synth --out '$SPEED_DATA' --scale mvtec --seed 0"
+speed speed_none 180 --compile-mode none --image-cache device
+speed speed_default 240 --compile-mode default --image-cache device
+speed speed_cudagraphs 240 --compile-mode reduce-overhead --image-cache device
+speed speed_cudagraphs_nocache 240 --compile-mode reduce-overhead --image-cache off
 grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl"
 if ((${#FAILED[@]})); then echo "failed: ${FAILED[*]}" | tee -a "$LOG"; exit 1; fi
 echo "all steps passed" | tee -a "$LOG"

@@ -1,12 +1,24 @@
 """Synthetic demo dataset: determinism, MVTec-AD layout, masks that cover exactly the defect."""
 
+import dataclasses
+from collections import Counter
+
 import numpy as np
 import pytest
 from PIL import Image
 
 import agpnet
+from agpnet.cli import main
 from agpnet.data import AnomalyDataset, list_categories, load_split
-from agpnet.data.synth import CATEGORIES, TEST_INDEX_OFFSET, render, write_synthetic_dataset
+from agpnet.data.synth import (
+    CATEGORIES,
+    MVTEC_AD_SCALE,
+    TEST_INDEX_OFFSET,
+    plan_dataset,
+    render,
+    write_image,
+    write_synthetic_dataset,
+)
 from agpnet.errors import AgpnetError
 
 SMALL = dict(image_size=64, n_train=3, n_test=4)
@@ -113,3 +125,75 @@ def test_refuses_a_foreign_folder_and_bad_arguments(tmp_path):
     assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"keep me"
     with pytest.raises(AgpnetError, match="n_test=1"):
         write_synthetic_dataset(tmp_path / "x", image_size=64, n_train=3, n_test=1)
+
+
+def _counts(jobs):
+    """{category: (training, good test, defective test)} of a plan."""
+    counts = Counter((job.image.split("/")[0], job.image.split("/")[1], job.mask is not None) for job in jobs)
+    return {c: (counts[c, "train", False], counts[c, "test", False], counts[c, "test", True]) for c, *_ in counts}
+
+
+def test_mvtec_scale_plan_has_mvtec_ad_counts_and_image_sizes():
+    jobs, readme = plan_dataset(seed=0, scale="mvtec")  # the plan only: nothing is rendered
+    assert len(MVTEC_AD_SCALE) == 15 and len(jobs) == 3629 + 1725
+    assert sum(job.mask is not None for job in jobs) == 1725 - 467
+    assert _counts(jobs) == {c: (train, good, bad) for c, (_, train, good, bad, _, _) in MVTEC_AD_SCALE.items()}
+    assert _counts(jobs)["bottle"] == (209, 20, 63)
+    sides = {job.image.split("/")[0]: job.size for job in jobs}
+    assert sides["bottle"] == 900 and sides["metal_nut"] == 700 and max(sides.values()) == 1024
+    assert {job.image.split("/")[0] for job in jobs if job.gray} == {"grid", "screw", "zipper"}
+    assert len({job.image for job in jobs} | {job.mask for job in jobs if job.mask}) == len(jobs) + 1258
+    streams = {job.image.split("/")[0]: job.stream for job in jobs}
+    assert len(set(streams.values())) == 15 and min(streams.values()) >= len(CATEGORIES)  # not the demo's
+    assert all(job.defect in CATEGORIES[job.kind] for job in jobs if job.mask)
+    assert "| bottle | washer | 209 | 20 | 63 | 900 | 3 |" in readme
+
+
+def test_mvtec_scale_fraction_writes_a_readable_layout(tmp_path):
+    jobs, _ = plan_dataset(seed=0, scale="mvtec", fraction=0.01)
+    counts = _counts(jobs)
+    assert counts["hazelnut"] == (4, 1, 1) and counts["toothbrush"] == (1, 1, 1)  # rounded, at least one
+    for job in jobs:  # the same files at 32 px instead of 700-1024 px, to stay fast
+        write_image(tmp_path, dataclasses.replace(job, size=32))
+    split = load_split("mvtec", tmp_path, "multi-class")
+    assert split.categories == sorted(MVTEC_AD_SCALE)
+    assert len(split.train) == sum(c[0] for c in counts.values()) and len(split.test) == len(jobs) - len(split.train)
+    assert Image.open(tmp_path / "grid" / "train" / "good" / "000.png").mode == "L"
+    assert Image.open(tmp_path / "bottle" / "train" / "good" / "000.png").mode == "RGB"
+
+
+def test_mvtec_scale_gray_image_changes_inside_its_mask_only(tmp_path):
+    jobs, _ = plan_dataset(seed=0, scale="mvtec", fraction=0.01)
+    defective = dataclasses.replace(next(job for job in jobs if job.gray and job.mask), size=96)
+    clean = dataclasses.replace(defective, defect="good", image="clean.png", mask=None)
+    write_image(tmp_path, defective)
+    write_image(tmp_path, clean)
+    image = np.asarray(Image.open(tmp_path / defective.image))
+    mask = np.asarray(Image.open(tmp_path / defective.mask)) > 0
+    changed = image != np.asarray(Image.open(tmp_path / "clean.png"))
+    assert image.shape == (96, 96) and mask.any()
+    assert not changed[~mask].any() and changed[mask].mean() > 0.5
+
+
+def test_a_pool_of_processes_writes_the_same_bytes(tmp_path):
+    one = write_synthetic_dataset(tmp_path / "one", seed=0, image_size=32, n_train=1, n_test=2, workers=1)
+    two = write_synthetic_dataset(tmp_path / "two", seed=0, image_size=32, n_train=1, n_test=2, workers=2)
+    assert _files(one) == _files(two)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(scale="mvtec", image_size=64), "image_size given with scale 'mvtec'"),
+    (dict(scale="mvtec", fraction=0.0), "fraction=0.0"),
+    (dict(fraction=0.5), "fraction=0.5 with scale 'demo'"),
+    (dict(scale="imagenet"), "scale 'imagenet'"),
+    (dict(workers=0), "workers=0"),
+])
+def test_scale_arguments_are_checked_before_writing(tmp_path, arguments, message):
+    with pytest.raises(AgpnetError, match=message):
+        write_synthetic_dataset(tmp_path / "x", **arguments)
+    assert not (tmp_path / "x").exists()
+
+
+def test_synth_command_refuses_demo_sizes_with_the_mvtec_scale(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "s"), "--scale", "mvtec", "--n-train", "3"]) == 2
+    assert "n_train given with scale 'mvtec'" in capsys.readouterr().err
