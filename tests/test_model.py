@@ -114,6 +114,20 @@ def test_encoder_taps_blocks_is_frozen_and_stays_in_eval(tiny_model_fields):
     torch.testing.assert_close(f_clean, F.layer_norm(x[:, 1:], (32,)))
 
 
+@pytest.mark.parametrize("extra", [{}, {"reg_tokens": 2}, {"class_token": False, "global_pool": "avg"}])
+def test_encoder_features_are_timms_intermediates(tiny_model_fields, extra):
+    """The encoder's tapped patch tokens equal timm's own forward_intermediates (prefix tokens dropped),
+    with and without the A_prior side path."""
+    fields = dict(tiny_model_fields, backbone_kwargs={**tiny_model_fields["backbone_kwargs"], **extra}, blocks=(1, 2))
+    encoder = make_model(fields).encoder
+    images = patterns(2)
+    expected = encoder.vit.forward_intermediates(images, indices=[0, 1], output_fmt="NLC", intermediates_only=True)
+    for with_attention in (False, True):
+        features, _ = encoder(images, with_attention=with_attention)
+        for ours, theirs in zip(features, expected, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
 def test_decoder_attention_path_matches_fused_path(tiny_model_fields):
     model = make_model(tiny_model_fields, decoder_depth=2)
     f_clean, _ = model.encode_clean(patterns(3))

@@ -4,7 +4,9 @@
 tokens, dropped) of the tapped blocks and, on request, the CLS->patch attention of those
 blocks (A_prior; for backbones without a CLS token, the mean attention each patch receives).
 The blocks keep timm's fused attention; the attention rows are computed on the side from the
-block's own qkv weights.
+block's own qkv weights. The features are those of timm's `forward_intermediates` (a test checks
+it); the loop is our own because A_prior needs each tapped block's input, which that function does
+not expose (hooks would break torch.compile of the encoder).
 """
 
 import hashlib
