@@ -13,6 +13,7 @@ from pathlib import Path
 from agpnet.config import EVAL_RESOLUTIONS
 from agpnet.errors import AgpnetError, error_line
 
+DATA_FLAGS = ("dataset", "root", "setting", "category", "shots", "fast_jpeg")  # DataConfig's fields: run and eval
 EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_MEMORY = 3
 
@@ -73,10 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="evaluate a checkpoint on a dataset, write RUN_DIR/record.json")
     ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--dataset", required=True, choices=("mvtec", "visa", "mvtec3d", "folder"))
-    ev.add_argument("--root", required=True)
-    ev.add_argument("--setting", default="multi-class", choices=("multi-class", "one-class"))
-    ev.add_argument("--category")
+    _add_config_flags(ev, DATA_FLAGS, "data (as for run; --dataset and --root are required)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", default=16)
     ev.add_argument("--save-maps", action="store_true")
@@ -146,14 +144,13 @@ def _integer(value, flag: str, minimum: int = 0) -> int:
     return number
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, names=None, title="config fields") -> None:
+    """A flag per config field (`names`, default all but out_dir), parsed later by RunConfig.from_flat."""
     from agpnet.config import RunConfig, flat_fields
 
     defaults = RunConfig().to_flat()
-    group = parser.add_argument_group("config fields (defaults in brackets)")
-    for name in flat_fields():
-        if name == "out_dir":
-            continue
+    group = parser.add_argument_group(f"{title} (defaults in brackets)")
+    for name in names or [n for n in flat_fields() if n != "out_dir"]:
         flag = "--" + name.replace("_", "-")
         group.add_argument(flag, dest=name, default=None, metavar="V", help=f"[{_show(defaults[name])}]")
 
@@ -180,10 +177,18 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    from agpnet.config import RunConfig
+
+    missing = [f"--{name}" for name in ("dataset", "root") if getattr(args, name) is None]
+    if missing:
+        raise AgpnetError(f"eval: {' and '.join(missing)} required (the dataset to evaluate on)")
+    data = RunConfig.from_flat({k: getattr(args, k) for k in DATA_FLAGS if getattr(args, k) is not None}).data
+
     from agpnet.run import evaluate_checkpoint
 
-    record = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, root=args.root, setting=args.setting,
-                                 category=args.category, device=args.device,
+    record = evaluate_checkpoint(args.checkpoint, dataset=data.dataset, root=data.root, setting=data.setting,
+                                 category=data.category, shots=data.shots, fast_jpeg=data.fast_jpeg,
+                                 device=args.device,
                                  batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
                                  save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution,
                                  overwrite=args.overwrite, precision=args.precision)

@@ -102,7 +102,8 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str = "multi-class",
-                        category: str | None = None, device: str = "auto", batch_size: int = 16,
+                        category: str | None = None, shots: int | None = None, fast_jpeg: bool = False,
+                        device: str = "auto", batch_size: int = 16,
                         save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input",
                         overwrite: bool = False, precision: str = "fp32") -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record (a folder
@@ -118,10 +119,12 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
     cfg = RunConfig(model=model.cfg, train=TrainConfig(**meta["train_config"]), weights=meta["weights"],
                     device=device, out_dir=str(out_dir))
     cfg.data.dataset, cfg.data.root, cfg.data.setting, cfg.data.category = dataset, str(root), setting, category
+    cfg.data.shots, cfg.data.fast_jpeg = shots, fast_jpeg
     cfg.eval.eval_batch_size, cfg.eval.save_maps, cfg.eval.eval_resolution = batch_size, save_maps, resolution
     cfg.eval.eval_precision = precision
-    split = load_split(dataset, root, setting, category=category)
-    test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
+    split = load_split(dataset, root, setting, category=category, shots=shots, seed=cfg.train.seed)
+    test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std,
+                              fast_jpeg=fast_jpeg)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("record.json", "maps.npz"):
         (out / name).unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import pytest
 from fixtures_data import make_folder, make_mvtec, make_mvtec3d, make_visa_raw, write_image, write_mask
 
 from agpnet.data import AnomalyDataset, list_categories, load_split, read_folder
+from agpnet.errors import AgpnetError
 
 
 def _names(samples):
@@ -257,3 +258,17 @@ def test_ball_screw_reads_with_the_mvtec_reader():
     assert defective and all(s.mask is not None for s in defective)
     item = AnomalyDataset([defective[0]], image_size=64)[0]
     assert item["image"].shape == (3, 64, 64) and item["mask"].any()
+
+
+def test_a_dataset_is_one_reader_and_one_registry_entry(tmp_path, monkeypatch):
+    """The registry is the only list of datasets: a new entry is read by load_split at once."""
+    from agpnet.data import readers
+
+    make_mvtec(tmp_path, categories=("bottle",), n_train=2, n_good=1, defects=("crack",), n_defect=1)
+    entry = readers.Reader(lambda root: ["bottle"], lambda root, category: readers._read_mvtec(root, category),
+                           "<root>/bottle/ (test layout)")
+    monkeypatch.setitem(readers.READERS, "tiny", entry)
+    split = load_split("tiny", tmp_path, "one-class", category="bottle")
+    assert split.categories == ["bottle"] and len(split.train) == 2 and len(split.test) == 2
+    with pytest.raises(AgpnetError, match="expected one of mvtec, visa, mvtec3d, folder, tiny"):
+        load_split("nope", tmp_path, "one-class")

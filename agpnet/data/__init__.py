@@ -8,8 +8,8 @@ Image files (EXIF orientation applied) are read by `agpnet.data.imagefile`. The 
 
 from agpnet.data.dataset import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, denormalize
 from agpnet.data.imagefile import image_size, load_mask, load_rgb
-from agpnet.data.readers import list_categories, read_category, read_folder
-from agpnet.data.sample import DATASETS, IMAGE_SUFFIXES, SETTINGS, Sample, Split
+from agpnet.data.readers import DATASETS, list_categories, read_category, read_folder
+from agpnet.data.sample import IMAGE_SUFFIXES, SETTINGS, Sample, Split
 from agpnet.data.splits import load_split
 
 __all__ = [

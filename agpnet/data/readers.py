@@ -5,6 +5,7 @@ samples (normal images) and test samples (good and defective images, with masks)
 sorted order. At read time every image is checked cheaply: PIL opens its header (format and
 size), nothing is decoded, so reading a 5000-image dataset takes about a second.
 
+Each layout is a `Reader` in READERS (at the end of this file); DATASETS are its keys.
 Layouts (see docs/datasets.md):
 - mvtec:   <root>/<category>/train/good/*, test/<defect>/*, ground_truth/<defect>/<stem>_mask.png
 - visa:    the raw release (<root>/split_csv/1cls.csv, paths relative to <root>) or VisA already
@@ -18,50 +19,43 @@ Layouts (see docs/datasets.md):
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from agpnet.data.imagefile import image_size
-from agpnet.data.sample import DATASETS, IMAGE_SUFFIXES, Sample, Split
+from agpnet.data.sample import IMAGE_SUFFIXES, Sample, Split
 from agpnet.errors import AgpnetError
 
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 MASK_DIR_NAMES = ("ground_truth", "masks")
 
-_EXPECTED_LAYOUT = {
-    "mvtec": "<root>/<category>/train/good/ (MVTec-AD layout)",
-    "visa": "<root>/split_csv/1cls.csv (VisA release) or <root>/<category>/train/good/ (VisA in MVTec-AD layout)",
-    "mvtec3d": "<root>/<category>/train/good/rgb/ (MVTec-3D AD layout)",
-    "folder": "<root>/train/good/ with test/good/ and test/<defect>/ (folder layout)",
-}
+@dataclass(frozen=True)
+class Reader:
+    """One dataset layout: `categories(root)` -> sorted names (empty: not this layout),
+    `read(root, category)` -> (train, test) samples, and the layout in words for error messages."""
+
+    categories: Callable[[Path], list[str]]
+    read: Callable[[Path, str], tuple[list[Sample], list[Sample]]]
+    layout: str
 
 
 def list_categories(dataset: str, root: str | os.PathLike) -> list[str]:
     """Sorted category names of the dataset at `root`."""
-    root = _check_root(dataset, root)
-    return _categories(dataset, root)
+    reader, root = _reader(dataset, root)
+    categories = reader.categories(root)
+    if not categories:
+        raise AgpnetError(f"{root}: layout not recognised; expected {reader.layout}")
+    return categories
 
 
 def read_category(dataset: str, root: str | os.PathLike, category: str) -> tuple[list[Sample], list[Sample]]:
     """(train, test) samples of one category; train holds normal images only."""
-    root = _check_root(dataset, root)
-    available = _categories(dataset, root)
+    available = list_categories(dataset, root)
+    reader, root = _reader(dataset, root)
     if category not in available:
         raise AgpnetError(f"unknown category '{category}' in {root}; available: {', '.join(available)}")
-    if dataset == "mvtec":
-        train, test = _read_mvtec(root, category)
-    elif dataset == "visa":
-        train, test = _read_visa_csv(root, category) if _visa_is_raw(root) else _read_mvtec(root, category)
-    elif dataset == "mvtec3d":
-        train, test = _read_mvtec3d(root, category)
-    else:
-        mask_dir = next((root / name for name in MASK_DIR_NAMES if (root / name).is_dir()), None)
-        test_dir = _test_dir(root)
-        defect_dirs = {d.name: d for d in _subdirs(test_dir) if d.name != "good"}
-        good_dir = test_dir / "good" if (test_dir / "good").is_dir() else None
-        split = read_folder(root / "train" / "good", good_dir, defect_dirs, mask_dir, category)
-        train, test = split.train, split.test
-    return train, test
+    return reader.read(root, category)
 
 
 def read_folder(
@@ -111,18 +105,39 @@ def read_folder(
 # --- layouts ---------------------------------------------------------------------------------
 
 
-def _categories(dataset: str, root: Path) -> list[str]:
-    if dataset == "folder":
-        if not (root / "train" / "good").is_dir():
-            raise AgpnetError(f"{root}: layout not recognised; expected {_EXPECTED_LAYOUT['folder']}")
-        return [Path(os.path.abspath(root)).name]
-    if dataset == "visa" and _visa_is_raw(root):
-        return sorted({row["object"] for _, row in _visa_rows(root)[1]})
-    marker = ("train", "good", "rgb") if dataset == "mvtec3d" else ("train", "good")
-    categories = sorted(d.name for d in _subdirs(root) if d.joinpath(*marker).is_dir())
-    if not categories:
-        raise AgpnetError(f"{root}: layout not recognised; expected {_EXPECTED_LAYOUT[dataset]}")
+def _categories_with(*marker: str) -> Callable[[Path], list[str]]:
+    """Categories = the subfolders of the root that hold <category>/<marker...>."""
+
+    def categories(root: Path) -> list[str]:
+        return sorted(d.name for d in _subdirs(root) if d.joinpath(*marker).is_dir())
+
     return categories
+
+
+_mvtec_categories = _categories_with("train", "good")
+
+
+def _folder_categories(root: Path) -> list[str]:
+    return [Path(os.path.abspath(root)).name] if (root / "train" / "good").is_dir() else []
+
+
+def _read_folder_layout(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    mask_dir = next((root / name for name in MASK_DIR_NAMES if (root / name).is_dir()), None)
+    test_dir = _test_dir(root)
+    defect_dirs = {d.name: d for d in _subdirs(test_dir) if d.name != "good"}
+    good_dir = test_dir / "good" if (test_dir / "good").is_dir() else None
+    split = read_folder(root / "train" / "good", good_dir, defect_dirs, mask_dir, category)
+    return split.train, split.test
+
+
+def _visa_categories(root: Path) -> list[str]:
+    if _visa_is_raw(root):
+        return sorted({row["object"] for _, row in _visa_rows(root)[1]})
+    return _mvtec_categories(root)
+
+
+def _read_visa(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    return _read_visa_csv(root, category) if _visa_is_raw(root) else _read_mvtec(root, category)
 
 
 def _read_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
@@ -246,13 +261,13 @@ def _read_visa_csv(root: Path, category: str) -> tuple[list[Sample], list[Sample
 # --- files -----------------------------------------------------------------------------------
 
 
-def _check_root(dataset: str, root: str | os.PathLike) -> Path:
-    if dataset not in DATASETS:
-        raise AgpnetError(f"unknown dataset '{dataset}' (expected one of {', '.join(DATASETS)})")
-    root = Path(root)
+def _reader(dataset: str, root: str | os.PathLike) -> tuple[Reader, Path]:
+    if dataset not in READERS:
+        raise AgpnetError(f"unknown dataset '{dataset}' (expected one of {', '.join(READERS)})")
+    reader, root = READERS[dataset], Path(root)
     if not root.is_dir():
-        raise AgpnetError(f"{root}: dataset root not found (expected a folder: {_EXPECTED_LAYOUT[dataset]})")
-    return root
+        raise AgpnetError(f"{root}: dataset root not found (expected a folder: {reader.layout})")
+    return reader, root
 
 
 def _existing_dir(path: str | os.PathLike, what: str) -> Path:
@@ -307,3 +322,17 @@ def _check_images(samples: list[Sample]) -> None:
                     f"{sample.mask}: mask size {mask_size[0]}x{mask_size[1]} differs from image "
                     f"{sample.image} size {size[0]}x{size[1]} (expected the same size)"
                 )
+
+
+# --- the registry: adding a dataset is a reader function and one entry here -------------------
+
+READERS: dict[str, Reader] = {
+    "mvtec": Reader(_mvtec_categories, _read_mvtec, "<root>/<category>/train/good/ (MVTec-AD layout)"),
+    "visa": Reader(_visa_categories, _read_visa,
+                   "<root>/split_csv/1cls.csv (VisA release) or <root>/<category>/train/good/ (VisA in MVTec-AD layout)"),
+    "mvtec3d": Reader(_categories_with("train", "good", "rgb"), _read_mvtec3d,
+                      "<root>/<category>/train/good/rgb/ (MVTec-3D AD layout)"),
+    "folder": Reader(_folder_categories, _read_folder_layout,
+                     "<root>/train/good/ with test/good/ and test/<defect>/ (folder layout)"),
+}
+DATASETS = tuple(READERS)

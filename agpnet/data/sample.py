@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-DATASETS = ("mvtec", "visa", "mvtec3d", "folder")
 SETTINGS = ("one-class", "multi-class", "few-shot")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
