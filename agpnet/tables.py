@@ -1,9 +1,9 @@
 """Result tables in the paper's format, collected from run folders.
 
-`load_records(runs_dir)` finds every `record.json` below a folder (status "complete");
-`paper_tables(records)` turns them into one table per (dataset, setting[, shots]): a row per
-category plus "mean", a column per metric of agpnet.metrics.METRICS (I-AUROC / I-AP / I-F1max /
-P-AUROC / P-AP / P-F1max / AUPRO / mAD) in percent with one decimal. Runs that differ only by seed (or by category, for one-class)
+`paper_tables(records)` turns run records (agpnet.records.load_records) into one table per
+(dataset, setting[, shots]): a row per category plus "mean", a column per metric of
+agpnet.metrics.METRICS (I-AUROC / I-AP / I-F1max / P-AUROC / P-AP / P-F1max / AUPRO / mAD) in
+percent with one decimal. Runs that differ only by seed (or by category, for one-class)
 are one method; several seeds give "mean ± std" (sample std over seeds). Configurations that
 differ in other fields (e.g. ablation switches) are separate methods named by those fields.
 Published numbers follow, labelled "(published)". `export_tables` writes CSV, Markdown and
@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from agpnet.atomic import write_text
-from agpnet.config import SECTIONS, field_names
-from agpnet.errors import AgpnetError
+from agpnet.config import field_names
 from agpnet.metrics import METRICS
 from agpnet.published import DATASET_CATEGORIES, published_rows
+from agpnet.records import flat_config
 
 # Record metric key -> column name, in table order (the metric registry).
 COLUMNS = {key: metric.label for key, metric in METRICS.items()}
@@ -70,41 +70,9 @@ def not_pretrained(records: list[dict]) -> list[dict]:
     return [r for r in records if not (r.get("weights") or {}).get("pretrained", False)]
 
 
-def load_records(runs_dir: str | Path) -> list[dict]:
-    """Every complete run record below `runs_dir` (recursive), sorted by path.
-
-    Each record gets `run_dir` (its folder). Records whose status is not "complete" are skipped."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise AgpnetError(f"{runs_dir}: no such folder of runs (expected run folders with record.json)")
-    records = []
-    for path in sorted(runs_dir.rglob("record.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise AgpnetError(f"{path}: not a valid run record ({err})") from None
-        if not isinstance(record, dict) or record.get("status") != "complete":
-            continue
-        if not isinstance(record.get("metrics"), dict) or "config" not in record:
-            raise AgpnetError(f"{path}: run record without `metrics` and `config` (see docs/contracts.md)")
-        record["run_dir"] = str(path.parent)
-        records.append(record)
-    return records
-
-
 def run_fields(record: dict) -> dict:
-    """The run's flat config (every field by its own name, as RunConfig.from_flat takes them),
-    with dataset, setting and seed from the record. Lists become tuples (hashable)."""
-    flat = {}
-    for name, value in record["config"].items():
-        if isinstance(value, dict) and name in SECTIONS:
-            flat.update(value)
-        else:
-            flat[name] = value
-    for name in ("dataset", "setting", "seed"):
-        if name in record:
-            flat[name] = record[name]
-    return {k: _hashable(v) for k, v in flat.items()}
+    """The run's flat config (records.flat_config) with lists as tuples (hashable)."""
+    return {k: _hashable(v) for k, v in flat_config(record).items()}
 
 
 def metrics_frame(records: list[dict]) -> pd.DataFrame:
