@@ -265,9 +265,9 @@ def _cmd_report(args) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    from agpnet.metrics import METRIC_KEYS
+    from agpnet.metrics import METRICS
 
-    header = ["category", *METRIC_KEYS, "mad"]
+    header = ["category", *METRICS]
     print(" ".join(f"{h:>12}" for h in header))
     for category, values in metrics.items():
         print(" ".join([f"{category:>12}", *(f"{100 * values[k]:12.1f}" for k in header[1:])]))

@@ -14,6 +14,8 @@ import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
+from agpnet.metrics import HEADLINE_KEYS, METRICS
+
 PANEL_INCHES = 2.4
 ANOMALY_CMAP = "jet"
 ATTENTION_CMAP = "viridis"
@@ -193,12 +195,13 @@ def perturbation_stages(image, stages: list[dict], anomaly_map=None, mask=None, 
     return fig
 
 
-def ablation_plot(long: pd.DataFrame, factor: str, metrics=("I-AUROC", "P-AUROC", "AUPRO", "mAD")) -> Figure:
-    """Metric (percent) against the values of one ablation factor; the mean over seeds with the
-    std over seeds as error bars, and each seed as a dot. `long` is a `tables.ablation_frame`."""
+def ablation_plot(long: pd.DataFrame, factor: str, metrics=(*HEADLINE_KEYS, "mad")) -> Figure:
+    """Metrics (keys of agpnet.metrics.METRICS; percent) against the values of one ablation factor;
+    the mean over seeds with the std over seeds as error bars, and each seed as a dot. `long` is a
+    `tables.ablation_frame` (its `metric` column holds the metrics' labels)."""
     import seaborn as sns
 
-    metrics = [m for m in metrics if m in set(long["metric"])]
+    metrics = [METRICS[k].label for k in metrics if METRICS[k].label in set(long["metric"])]
     fig = Figure(figsize=(3.2 * max(len(metrics), 1), 3.2))
     axes = np.atleast_1d(fig.subplots(1, max(len(metrics), 1)))
     data = long.assign(**{factor: long[factor].astype(str)})

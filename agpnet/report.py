@@ -22,8 +22,9 @@ from agpnet import tables
 from agpnet.atomic import temp_file_for, write_text
 from agpnet.environment import machine, package_version, timestamp
 from agpnet.errors import AgpnetError
+from agpnet.metrics import HEADLINE_KEYS, METRICS
+from agpnet.records import load_records
 from agpnet.sweep import KERNEL, package_notebook
-from agpnet.tables import load_records
 
 PAGES = {
     "aggregate": "Results tables (ours beside the published numbers)",
@@ -139,18 +140,19 @@ def index_html(records: list[dict], runs_dir: Path, out_dir: Path, exports: list
 
 def _runs_table(records: list[dict], runs_dir: Path) -> str:
     e = html.escape
-    header = ["run", "dataset", "setting", "categories", "seed", "weights", "device", "I-AUROC", "P-AUROC", "AUPRO"]
+    header = ["run", "dataset", "setting", "categories", "seed", "weights", "device",
+              *(METRICS[k].label for k in HEADLINE_KEYS)]
     rows = []
     for record in records:
         mean = record["metrics"].get("mean", {})
-        weights = record.get("weights") or {}
+        weights = record["weights"]
         run = Path(record["run_dir"])
         name = run.relative_to(runs_dir).as_posix() if run.is_relative_to(runs_dir) else str(run)
-        categories = ", ".join(map(str, record.get("categories") or []))
-        cells = [name, record.get("dataset"), record.get("setting"), categories, record.get("seed"),
+        categories = ", ".join(map(str, record["categories"]))
+        cells = [name, record["dataset"], record["setting"], categories, record["seed"],
                  f"{weights.get('source', '?')}{'' if weights.get('pretrained') else ' (NOT pretrained)'}",
-                 (record.get("environment") or {}).get("device"),
-                 *(_percent(mean.get(k)) for k in ("image_auroc", "pixel_auroc", "aupro"))]
+                 record["environment"].get("device"),
+                 *(_percent(mean.get(k)) for k in HEADLINE_KEYS)]
         rows.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")

@@ -5,7 +5,6 @@ status "complete" means the run finished), `checkpoint.pt` and, when asked, `map
 """
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from agpnet.evaluate import EvalResult, evaluate
 from agpnet.model import build_model
 from agpnet.model.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from agpnet.progress import PROGRESS_NAME
+from agpnet.records import build_record, is_complete
 from agpnet.train import fit
 
 log = logging.getLogger(__name__)
@@ -49,17 +49,12 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True, 
     data = data_identity(cfg, split)
     trained = fit(model, train_set, cfg.train, out, device, resume=resume, progress=progress, data=data)
     result = _evaluate(model, test_set, device, cfg)
-    record = _record(cfg, split, result, weights_info, device, started, epoch="final (no epoch selection on the test set)")
-    record.update(
-        seed=cfg.train.seed,
-        few_shot_files=split.few_shot_files,
-        n_train=len(train_set),
-        loss_per_epoch=trained.loss_per_epoch,
-        data=data,
-        segments=trained.segments,
-    )
-    record["timings"].update(train_s=trained.train_seconds, train_img_s=trained.images_per_second)
-    return _write(record, out)
+    record = _record(cfg, split, result, weights_info, device, started, epoch="final (no epoch selection on the test set)",
+                     checkpoint_file=CHECKPOINT_NAME, loss_per_epoch=trained.loss_per_epoch,
+                     timings={"train_s": trained.train_seconds, "train_img_s": trained.images_per_second},
+                     n_train=len(train_set), few_shot_files=split.few_shot_files, data=data, segments=trained.segments)
+    write_json(out / "record.json", record)
+    return record
 
 
 def check_run_folder(out: Path, may_replace: bool) -> None:
@@ -67,14 +62,9 @@ def check_run_folder(out: Path, may_replace: bool) -> None:
     if out.exists() and not out.is_dir():
         raise AgpnetError(f"{out}: expected a folder, found a file")
     record = out / "record.json"
-    if not may_replace and record.is_file():
-        try:
-            complete = json.loads(record.read_text(encoding="utf-8")).get("status") == "complete"
-        except (OSError, ValueError, AttributeError):
-            complete = False
-        if complete:
-            raise AgpnetError(f"{record}: a complete run is already in this folder; use --overwrite to replace it, "
-                              "--resume to continue it, or another --out")
+    if not may_replace and is_complete(record):
+        raise AgpnetError(f"{record}: a complete run is already in this folder; use --overwrite to replace it, "
+                          "--resume to continue it, or another --out")
 
 
 def data_identity(cfg: RunConfig, split) -> dict:
@@ -130,10 +120,10 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
         (out / name).unlink(missing_ok=True)
     result = _evaluate(model, test_set, torch_device, cfg)
     record = _record(cfg, split, result, meta["weights_info"], torch_device, started,
-                     epoch=f"checkpoint after epoch {meta['epoch']}")
-    record.update(checkpoint=str(checkpoint), seed=cfg.train.seed, loss_per_epoch=meta["loss_per_epoch"])
-    record["artifacts"]["checkpoint"] = str(checkpoint)
-    return _write(record, out)
+                     epoch=f"checkpoint after epoch {meta['epoch']}", checkpoint_file=str(checkpoint),
+                     loss_per_epoch=meta["loss_per_epoch"], timings={}, checkpoint=str(checkpoint))
+    write_json(out / "record.json", record)
+    return record
 
 
 def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:
@@ -143,27 +133,14 @@ def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:
                     amp=cfg.train.amp, resolution=cfg.eval.eval_resolution, precision=cfg.eval.eval_precision)
 
 
-def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, device, started: str, epoch: str) -> dict:
-    """The fields every run record has (docs/contracts.md)."""
-    return {
-        "status": "complete",
-        "config": cfg.to_dict(),
-        "dataset": cfg.data.dataset,
-        "setting": cfg.data.setting,
-        "categories": split.categories,
-        "n_test": result.n_images,
-        "weights": weights_info,
-        "environment": describe_environment(device),
-        "timings": {"eval_s": result.seconds, "eval_img_s": result.images_per_second},
-        "eval": {"resolution": result.resolution, "score": cfg.model.score, "fpr_limit": cfg.eval.fpr_limit,
-                 "precision": result.precision, "epoch": epoch},
-        "metrics": result.metrics,
-        "artifacts": {"checkpoint": CHECKPOINT_NAME, "maps": "maps.npz" if cfg.eval.save_maps else None},
-        "started": started,
-    }
-
-
-def _write(record: dict, out: Path) -> dict:
-    record["finished"] = timestamp()
-    write_json(out / "record.json", record)
-    return record
+def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, device, started: str, epoch: str,
+            checkpoint_file: str, loss_per_epoch: list[float], timings: dict, **optional) -> dict:
+    """The run record (agpnet.records) of an evaluated model; `timings`: the training's, if any;
+    `optional`: the records.OPTIONAL fields of this kind of run."""
+    return build_record(
+        cfg, categories=split.categories, metrics=result.metrics, n_test=result.n_images, weights=weights_info,
+        environment=describe_environment(device),
+        timings={"eval_s": result.seconds, "eval_img_s": result.images_per_second, **timings},
+        resolution=result.resolution, precision=result.precision, epoch=epoch, loss_per_epoch=loss_per_epoch,
+        artifacts={"checkpoint": checkpoint_file, "maps": "maps.npz" if cfg.eval.save_maps else None},
+        started=started, finished=timestamp(), **optional)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agpnet.errors import AgpnetError
-from agpnet.tables import load_records
+from agpnet.records import load_records
 
 LISTED = 5  # folders named in a one-line message before "and N more"
 SHOWN = 20  # runs listed by describe()
@@ -106,5 +106,5 @@ def find_runs(runs_dir: str | Path, needs: tuple[str, ...] = ("maps.npz",)) -> R
             found.left_out.append(f"{found.name(run_dir)}: no {' or '.join(missing)}{hint}")
         else:
             found.runs.append(run_dir)
-    found.runs.sort(key=lambda r: (complete[r].get("setting") != "multi-class", found.name(r)))
+    found.runs.sort(key=lambda r: (complete[r]["setting"] != "multi-class", found.name(r)))
     return found

@@ -1,9 +1,9 @@
 """Result tables in the paper's format, collected from run folders.
 
-`load_records(runs_dir)` finds every `record.json` below a folder (status "complete");
-`paper_tables(records)` turns them into one table per (dataset, setting[, shots]): a row per
-category plus "mean", the columns I-AUROC / I-AP / I-F1max / P-AUROC / P-AP / P-F1max / AUPRO /
-mAD in percent with one decimal. Runs that differ only by seed (or by category, for one-class)
+`paper_tables(records)` turns run records (agpnet.records.load_records) into one table per
+(dataset, setting[, shots]): a row per category plus "mean", a column per metric of
+agpnet.metrics.METRICS (I-AUROC / I-AP / I-F1max / P-AUROC / P-AP / P-F1max / AUPRO / mAD) in
+percent with one decimal. Runs that differ only by seed (or by category, for one-class)
 are one method; several seeds give "mean ± std" (sample std over seeds). Configurations that
 differ in other fields (e.g. ablation switches) are separate methods named by those fields.
 Published numbers follow, labelled "(published)". `export_tables` writes CSV, Markdown and
@@ -21,16 +21,13 @@ import numpy as np
 import pandas as pd
 
 from agpnet.atomic import write_text
-from agpnet.config import SECTIONS, field_names
-from agpnet.errors import AgpnetError
+from agpnet.config import field_names
+from agpnet.metrics import METRICS
 from agpnet.published import DATASET_CATEGORIES, published_rows
+from agpnet.records import flat_config
 
-# Record metric key -> column name, in table order.
-COLUMNS = {
-    "image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1max": "I-F1max",
-    "pixel_auroc": "P-AUROC", "pixel_ap": "P-AP", "pixel_f1max": "P-F1max",
-    "aupro": "AUPRO", "mad": "mAD",
-}
+# Record metric key -> column name, in table order (the metric registry).
+COLUMNS = {key: metric.label for key, metric in METRICS.items()}
 # From the config fields' meaning (agpnet.config.meaning): what does not make two runs a different
 # method (seeds, the data's identity, runtime settings), what makes repeats, and the ablation factors.
 NOT_METHOD_FIELDS = tuple(name for name in field_names() if name not in field_names(kind="recipe"))
@@ -43,7 +40,7 @@ UNDEFINED = "NaN"  # our metric is undefined (e.g. no defective test image; see 
 
 @dataclass
 class Table:
-    """One paper table. `frame`: strings, columns method, category, 8 metric columns, source.
+    """One paper table. `frame`: strings, columns method, category, one per metric (COLUMNS), source.
     `mean` / `std`: the numbers behind it (percent; index (method, category); std NaN for 1 seed)."""
 
     key: str  # file-name stem, e.g. "mvtec_multi-class" or "mvtec_few-shot_2shot"
@@ -73,41 +70,9 @@ def not_pretrained(records: list[dict]) -> list[dict]:
     return [r for r in records if not (r.get("weights") or {}).get("pretrained", False)]
 
 
-def load_records(runs_dir: str | Path) -> list[dict]:
-    """Every complete run record below `runs_dir` (recursive), sorted by path.
-
-    Each record gets `run_dir` (its folder). Records whose status is not "complete" are skipped."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise AgpnetError(f"{runs_dir}: no such folder of runs (expected run folders with record.json)")
-    records = []
-    for path in sorted(runs_dir.rglob("record.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise AgpnetError(f"{path}: not a valid run record ({err})") from None
-        if not isinstance(record, dict) or record.get("status") != "complete":
-            continue
-        if not isinstance(record.get("metrics"), dict) or "config" not in record:
-            raise AgpnetError(f"{path}: run record without `metrics` and `config` (see docs/contracts.md)")
-        record["run_dir"] = str(path.parent)
-        records.append(record)
-    return records
-
-
 def run_fields(record: dict) -> dict:
-    """The run's flat config (every field by its own name, as RunConfig.from_flat takes them),
-    with dataset, setting and seed from the record. Lists become tuples (hashable)."""
-    flat = {}
-    for name, value in record["config"].items():
-        if isinstance(value, dict) and name in SECTIONS:
-            flat.update(value)
-        else:
-            flat[name] = value
-    for name in ("dataset", "setting", "seed"):
-        if name in record:
-            flat[name] = record[name]
-    return {k: _hashable(v) for k, v in flat.items()}
+    """The run's flat config (records.flat_config) with lists as tuples (hashable)."""
+    return {k: _hashable(v) for k, v in flat_config(record).items()}
 
 
 def metrics_frame(records: list[dict]) -> pd.DataFrame:
@@ -268,7 +233,7 @@ def _table(dataset: str, setting: str, shots, records: list[dict], published: bo
             per_repeat = [v for v in per_repeat if v is not None]
             if not per_repeat:
                 continue
-            values = 100 * np.array(per_repeat, dtype=float)  # (repeats, 8)
+            values = 100 * np.array(per_repeat, dtype=float)  # (repeats, metrics)
             mean = values.mean(axis=0)
             std = values.std(axis=0, ddof=1) if len(values) > 1 else np.full(len(COLUMNS), np.nan)
             means[(label, category)], stds[(label, category)] = mean, std
@@ -350,8 +315,8 @@ def _repeats(runs: list[dict]) -> list[list[dict]]:
 
 
 def _repeat_values(runs: list[dict], category: str) -> list[float] | None:
-    """One seed's 8 metrics (fractions) for a category, or for "mean": the record's own mean when
-    one run holds every category, else the mean over the categories of its runs."""
+    """One seed's metrics (fractions, COLUMNS order) for a category, or for "mean": the record's
+    own mean when one run holds every category, else the mean over the categories of its runs."""
     if category == "mean":
         if len(runs) == 1 and "mean" in runs[0]["metrics"]:
             return _metric_list(runs[0]["metrics"]["mean"])

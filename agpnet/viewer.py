@@ -13,7 +13,6 @@ viewer without a browser (tests/test_viewer_browser.py drives it in JupyterLab).
 """
 
 import html
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 from agpnet.atomic import write_bytes, write_text
 from agpnet.data import denormalize, load_rgb
 from agpnet.errors import AgpnetError
+from agpnet.records import load_record
 
 MAPS_KEYS = ("anomaly_maps", "masks", "scores", "labels", "paths", "categories", "defects")
 ATTENTION_KEYS = ("a_prior", "a_learn", "a_final")
@@ -60,10 +60,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if not record_path.is_file():
         raise AgpnetError(f"{record_path}: no run record (expected a finished run folder; for a folder of runs "
                           "use ViewerApp(runs_dir), the viewer notebook's runs_dir)")
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AgpnetError(f"{record_path}: not a valid run record ({err})") from None
+    record = load_record(record_path)
     if not maps_path.is_file():
         raise AgpnetError(f"{maps_path}: no maps.npz (run with save_maps=true to use the viewer)")
     try:
@@ -74,7 +71,7 @@ def load_run(run_dir: str | Path) -> RunData:
     missing = [k for k in MAPS_KEYS if k not in maps]
     if missing:
         raise AgpnetError(f"{maps_path}: missing arrays {', '.join(missing)} (see docs/contracts.md)")
-    return RunData(run_dir=run_dir, record=record if isinstance(record, dict) else {}, maps=maps)
+    return RunData(run_dir=run_dir, record=record, maps=maps)
 
 
 def weights_warning(record: dict) -> str | None:

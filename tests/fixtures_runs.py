@@ -1,5 +1,6 @@
-"""Helpers for the report / table / viewer / sweep / notebook tests: run folders written by hand
-following docs/contracts.md (record.json, maps.npz), tiny notebooks, the papermill kernel check."""
+"""Helpers for the report / table / viewer / sweep / notebook tests: run folders with records made
+by agpnet.records and maps.npz written following docs/contracts.md, tiny notebooks, the papermill
+kernel check."""
 
 import json
 import os
@@ -11,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agpnet.config import RunConfig
+from agpnet.metrics import MAD_KEYS, METRICS
+from agpnet.records import build_record
+
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
 
 def metric_dict(rng: np.random.Generator) -> dict:
-    values = {k: float(rng.uniform(0.5, 1.0)) for k in METRICS}
-    values["mad"] = float(np.mean([values[k] for k in METRICS]))
+    values = {k: float(rng.uniform(0.5, 1.0)) for k in MAD_KEYS}
+    values["mad"] = float(np.mean([values[k] for k in MAD_KEYS]))
     return values
 
 
@@ -35,69 +39,45 @@ def write_run(
     rng_seed: int | None = None,
     status: str = "complete",
 ) -> dict:
-    """A record.json following the run-folder schema; metrics random unless given (fractions)."""
+    """A record.json made by agpnet.records.build_record; metrics random unless given (fractions).
+    `model` / `train`: config fields to change from their defaults (the epochs are 2)."""
     rng = np.random.default_rng(rng_seed if rng_seed is not None else hash((str(run_dir), seed)) % 2**32)
     if metrics is None:
         metrics = {c: metric_dict(rng) for c in categories}
-        metrics["mean"] = {k: float(np.mean([metrics[c][k] for c in categories])) for k in (*METRICS, "mad")}
-    model_cfg = {
-        "backbone": "vit_small_patch16_224.dino",
-        "blocks": [3, 6, 9, 12],
-        "noise": "attention",
-        "noise_level": "both",
-        "attention": "both",
-        "ema_decoder": True,
-        "alpha_schedule": "linear",
-        "image_size": 256,
-        "init_seed": 0,
-        **(model or {}),
-    }
-    record = {
-        "status": status,
-        "config": {
-            "data": {
-                "dataset": dataset,
-                "root": "/data/x",
-                "setting": setting,
-                "category": categories[0] if setting == "one-class" else None,
-                "shots": shots,
-            },
-            "model": model_cfg,
-            "train": {"epochs": 2, "batch_size": 8, "seed": seed, **(train or {})},
-            "eval": {"eval_batch_size": 16, "fpr_limit": 0.3, "save_maps": False, "maps_size": 128},
-            "weights": "hub" if pretrained else "random",
-            "device": "cpu",
-            "out_dir": str(run_dir),
-        },
-        "weights": {
+        metrics["mean"] = {k: float(np.mean([metrics[c][k] for c in categories])) for k in METRICS}
+    cfg = RunConfig.from_flat({
+        "dataset": dataset, "root": "/data/x", "setting": setting, "shots": shots,
+        "category": categories[0] if setting == "one-class" else None,
+        "epochs": 2, "seed": seed, "weights": "hub" if pretrained else "random", "device": "cpu",
+        "out_dir": str(run_dir), **(model or {}), **(train or {}),
+    })
+    record = build_record(
+        cfg,
+        categories=list(categories),
+        metrics=metrics,
+        n_test=4 * len(categories),
+        weights={
             "source": "timm hub vit_small_patch16_224.dino" if pretrained else "random init",
             "pretrained": pretrained,
             "warning": None if pretrained else "backbone weights are random: numbers are not meaningful",
         },
-        "environment": {
-            "python": "3.11",
-            "torch": "2.x",
-            "timm": "1.0",
-            "numpy": "2",
-            "agpnet": "0.1.0",
-            "agpnet_commit": "0123456789abcdef0123456789abcdef01234567",
-            "device": "cpu",
-            "machine": "Linux x86_64, 2 CPUs",
-            "cpu_count": 2,
-            "gpu": None,
+        environment={
+            "python": "3.11", "torch": "2.x", "timm": "1.0", "numpy": "2", "agpnet": "0.1.0",
+            "agpnet_commit": "0123456789abcdef0123456789abcdef01234567", "device": "cpu",
+            "machine": "Linux x86_64, 2 CPUs", "cpu_count": 2, "gpu": None,
         },
-        "dataset": dataset,
-        "setting": setting,
-        "categories": list(categories),
-        "seed": seed,
-        "few_shot_files": None,
-        "loss_per_epoch": [1.0, 0.5],
-        "timings": {"train_s": 1.0, "eval_s": 1.0, "train_img_s": 10.0, "eval_img_s": 10.0},
-        "eval": {"resolution": "input resolution 256x256 px (resize, no crop)", "score": "max"},
-        "metrics": metrics,
-        "started": "2025-01-01T00:00:00",
-        "finished": "2025-01-01T00:01:00",
-    }
+        timings={"eval_s": 1.0, "eval_img_s": 10.0, "train_s": 1.0, "train_img_s": 10.0},
+        resolution="input resolution 256x256 px (resize, no crop)",
+        precision="fp32",
+        epoch="final (no epoch selection on the test set)",
+        loss_per_epoch=[1.0, 0.5],
+        artifacts={"checkpoint": "checkpoint.pt", "maps": None},
+        started="2025-01-01T00:00:00",
+        finished="2025-01-01T00:01:00",
+        n_train=8 * len(categories),
+        few_shot_files=None,
+    )
+    record["status"] = status
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "record.json").write_text(json.dumps(record, indent=2))
     return record

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from agpnet.config import flat_fields
-from agpnet.published import METRIC_ORDER, PUBLISHED
+from agpnet.metrics import METRICS
+from agpnet.published import PUBLISHED
 
 ROOT = Path(__file__).resolve().parents[1]
 CITING = ("agpnet", "notebooks", "tests", "benchmarks", "sweeps", "README.md")
@@ -61,8 +62,7 @@ def published_line(row: dict) -> str:
         return "–" if value is None else f"{value:.1f}"
 
     setting = row["setting"] + (f" ({row['shots']}-shot)" if row["shots"] is not None else "")
-    cells = [row["method"], row["dataset"], setting, *(cell(row["metrics"][k]) for k in METRIC_ORDER),
-             cell(row["metrics"]["mad"]), row["source"]]
+    cells = [row["method"], row["dataset"], setting, *(cell(row["metrics"][k]) for k in METRICS), row["source"]]
     return "| " + " | ".join(cells) + " |"
 
 

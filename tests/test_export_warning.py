@@ -4,13 +4,14 @@ import pandas as pd
 from fixtures_runs import write_run
 
 from agpnet import tables
+from agpnet.records import load_records
 
 
 def test_exports_carry_the_random_weights_warning(tmp_path):
     write_run(tmp_path / "runs/random", pretrained=False)
     write_run(tmp_path / "runs/pretrained", seed=1)
     write_run(tmp_path / "runs/visa", dataset="visa", setting="one-class", categories=("candle",))
-    records = tables.load_records(tmp_path / "runs")
+    records = load_records(tmp_path / "runs")
     by_key = {t.key: t for t in tables.paper_tables(records)}
     tables.export_tables(list(by_key.values()), tmp_path / "out", records)
 

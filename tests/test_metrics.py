@@ -8,7 +8,7 @@ import torch
 
 from agpnet.errors import AgpnetError
 from agpnet.metrics import (
-    METRIC_KEYS,
+    MAD_KEYS,
     MetricWarning,
     aupro,
     functional,
@@ -137,8 +137,9 @@ def test_fpr_limit_one_is_the_whole_area():
 
 
 def test_mad_is_the_mean_of_the_seven():
-    metrics = dict(zip(METRIC_KEYS, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], strict=True))
+    metrics = dict(zip(MAD_KEYS, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], strict=True))
     assert mad(metrics) == pytest.approx(0.4, abs=1e-12)
+    assert mad({**metrics, "another_metric": 0.9}) == pytest.approx(0.4, abs=1e-12)  # only MAD_KEYS count
     assert math.isnan(mad({**metrics, "aupro": float("nan")}))
     with pytest.raises(AgpnetError, match="aupro"):
         mad({k: v for k, v in metrics.items() if k != "aupro"})

@@ -13,6 +13,7 @@ import yaml
 from fixtures_runs import REPO, require_kernel
 
 from agpnet import tables
+from agpnet.records import load_records
 
 
 def outputs(path) -> list[dict]:
@@ -80,7 +81,7 @@ def test_train_eval_writes_the_run_and_shows_its_results(tiny_run):
         for o in outputs(executed)
     )  # the weights warning is visible
     # The real record fits the tables.
-    (table,) = tables.paper_tables(tables.load_records(tiny_run.parent))
+    (table,) = tables.paper_tables(load_records(tiny_run.parent))
     assert list(table.frame["category"][table.frame["method"] == "AGPNet (ours)"]) == [
         *record["categories"],
         "mean",

@@ -10,6 +10,7 @@ from fixtures_runs import EVIL_CATEGORY, demo_report, require_kernel, write_run
 
 from agpnet import tables
 from agpnet.errors import AgpnetError
+from agpnet.records import load_records
 from agpnet.report import PAGES, build_report
 
 
@@ -42,7 +43,7 @@ def test_report_files_and_index(report):
 def test_report_pages_hold_the_tables_and_figures(report):
     runs, out, _ = report
     aggregate = (out / "aggregate.html").read_text()
-    for table in tables.paper_tables(tables.load_records(runs)):
+    for table in tables.paper_tables(load_records(runs)):
         for value in table.frame[table.frame["category"] == "mean"]["I-AUROC"]:
             assert f">{value}<" in aggregate
     assert (

@@ -7,13 +7,15 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_runs import METRICS, write_run
+from fixtures_runs import write_run
 
 from agpnet import tables
 from agpnet.errors import AgpnetError
+from agpnet.metrics import METRICS
 from agpnet.published import published_rows
+from agpnet.records import load_records
 
-KEYS = (*METRICS, "mad")
+KEYS = tuple(METRICS)
 NUMBER = re.compile(r"^\d+\.\d( ± \d+\.\d)?$")
 
 
@@ -28,7 +30,7 @@ def test_multi_class_seeds_give_mean_and_std_of_the_records(tmp_path):
         write_run(tmp_path / f"runs/mc/seed{s}", seed=s, categories=("bottle", "cable")) for s in range(3)
     ]
     write_run(tmp_path / "runs/unfinished", status="running")  # ignored: not complete
-    loaded = tables.load_records(tmp_path / "runs")
+    loaded = load_records(tmp_path / "runs")
     assert len(loaded) == 3
     (table,) = tables.paper_tables(loaded)
     assert (table.key, table.title) == ("mvtec_multi-class", "mvtec multi-class")
@@ -69,7 +71,7 @@ def test_multi_class_seeds_give_mean_and_std_of_the_records(tmp_path):
 
 def test_no_published_rows_beside_other_data_in_a_benchmark_layout(tmp_path):
     write_run(tmp_path / "synth", categories=("fabric", "washer", "wood"))  # the synthetic set, MVTec layout
-    (table,) = tables.paper_tables(tables.load_records(tmp_path))
+    (table,) = tables.paper_tables(load_records(tmp_path))
     assert set(table.frame["method"]) == {"AGPNet (ours)"}
     assert "No published rows" in table.note
 
@@ -82,7 +84,7 @@ def test_one_class_runs_form_one_table_with_a_mean_over_categories(tmp_path):
                 tmp_path / f"{category}/{seed}", setting="one-class", categories=(category,), seed=seed
             )
     write_run(tmp_path / "single", setting="one-class", categories=("wood",), dataset="visa")
-    tables_by_key = {t.key: t for t in tables.paper_tables(tables.load_records(tmp_path))}
+    tables_by_key = {t.key: t for t in tables.paper_tables(load_records(tmp_path))}
     assert list(tables_by_key) == ["mvtec_one-class", "visa_one-class"]
     table = tables_by_key["mvtec_one-class"]
     ours = "AGPNet (ours; 2 seeds)"
@@ -108,7 +110,7 @@ def test_runtime_settings_do_not_make_another_method(tmp_path):
     compile made two methods); the three field lists come from the config fields' meaning."""
     write_run(tmp_path / "a", seed=0, categories=("bottle",))
     write_run(tmp_path / "b", seed=1, categories=("bottle",), train={"compile": True, "num_workers": 4})
-    (table,) = tables.paper_tables(tables.load_records(tmp_path), published=False)
+    (table,) = tables.paper_tables(load_records(tmp_path), published=False)
     assert list(dict.fromkeys(table.frame["method"])) == ["AGPNet (ours; 2 seeds)"]
     assert {"compile", "compile_mode", "num_workers", "image_cache", "device", "seed"} <= set(tables.NOT_METHOD_FIELDS)
     assert tables.SEED_FIELDS == ("init_seed", "seed")
@@ -128,7 +130,7 @@ def test_configurations_are_separate_methods_and_nan_is_shown(tmp_path):
         tmp_path / "c", categories=("bottle",), setting="few-shot", shots=2, model={"blocks": [9, 10, 11, 12]}
     )
     write_run(tmp_path / "d", categories=("bottle",))
-    by_key = {t.key: t for t in tables.paper_tables(tables.load_records(tmp_path), published=False)}
+    by_key = {t.key: t for t in tables.paper_tables(load_records(tmp_path), published=False)}
     assert list(by_key) == ["mvtec_multi-class", "mvtec_few-shot_2shot"]
     methods = list(dict.fromkeys(by_key["mvtec_multi-class"].frame["method"]))
     assert methods == ["AGPNet (ours; noise=none)", "AGPNet (ours; noise=attention)"]  # in run-folder order
@@ -143,7 +145,7 @@ def test_configurations_are_separate_methods_and_nan_is_shown(tmp_path):
 def test_exports_csv_markdown_latex(tmp_path):
     write_run(tmp_path / "runs/a", categories=("metal_nut", "bottle"))
     write_run(tmp_path / "runs/b", dataset="folder", setting="one-class", categories=("a&b_50%",))
-    other, table = tables.paper_tables(tables.load_records(tmp_path / "runs"))  # sorted by dataset
+    other, table = tables.paper_tables(load_records(tmp_path / "runs"))  # sorted by dataset
     written = tables.export_tables([table, other], tmp_path / "out")
     stems = ("folder_one-class", "mvtec_multi-class")
     assert sorted(p.name for p in written) == [f"{s}.{e}" for s in stems for e in ("csv", "md", "tex")]
@@ -171,7 +173,7 @@ def test_ablation_frame_keeps_the_other_factors_at_baseline(tmp_path):
     for i, model in enumerate(variants):
         for seed in (0, 1):
             write_run(tmp_path / f"v{i}/s{seed}", model=model, seed=seed)
-    frame = tables.metrics_frame(tables.load_records(tmp_path))
+    frame = tables.metrics_frame(load_records(tmp_path))
     noise = tables.ablation_frame(frame, "noise")
     assert sorted(set(noise["noise"])) == ["attention", "none"]  # the uniform run changes blocks too
     assert set(noise["metric"]) == set(tables.COLUMNS.values()) and len(noise) == 4 * len(tables.COLUMNS)
@@ -199,11 +201,11 @@ def test_published_rows():
 
 def test_bad_records_are_named(tmp_path):
     with pytest.raises(AgpnetError, match="no such folder"):
-        tables.load_records(tmp_path / "missing")
+        load_records(tmp_path / "missing")
     (tmp_path / "r").mkdir()
     (tmp_path / "r/record.json").write_text("{not json")
     with pytest.raises(AgpnetError, match=re.escape(str(tmp_path / "r/record.json"))):
-        tables.load_records(tmp_path)
+        load_records(tmp_path)
     (tmp_path / "r/record.json").write_text(json.dumps({"status": "complete"}))
-    with pytest.raises(AgpnetError, match="without `metrics` and `config`"):
-        tables.load_records(tmp_path)
+    with pytest.raises(AgpnetError, match="without `config`"):
+        load_records(tmp_path)

@@ -19,7 +19,6 @@ import torch
 
 from agpnet.errors import AgpnetError
 from agpnet.metrics.functional import (
-    METRIC_KEYS,
     MetricWarning,
     check_pixel_inputs,
     host_vector,
@@ -29,6 +28,7 @@ from agpnet.metrics.functional import (
     pixel_metrics_of_parts,
 )
 from agpnet.metrics.regions import pack_masks
+from agpnet.metrics.registry import METRICS
 
 _MAP_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 
@@ -88,7 +88,7 @@ class MetricAccumulator:
             store.masks.append(packed[rows])
 
     def compute(self, fpr_limit: float = 0.3) -> dict[str, dict[str, float]]:
-        """{category: {7 METRIC_KEYS + "mad"}, "mean": {same keys, mean over categories}}.
+        """{category: {every METRICS key}, "mean": {same keys, mean over categories}}.
 
         The mean ignores NaN values (with a warning naming the categories that lack them).
         """
@@ -115,7 +115,7 @@ def _same_backend(parts: list) -> list:
 
 def _mean_over_categories(results: dict[str, dict[str, float]]) -> dict[str, float]:
     mean = {}
-    for key in (*METRIC_KEYS, "mad"):
+    for key in METRICS:
         values = np.array([metrics[key] for metrics in results.values()], dtype=np.float64)
         lacking = [name for name, metrics in results.items() if np.isnan(metrics[key])]
         if lacking and len(lacking) < len(values):

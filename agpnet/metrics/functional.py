@@ -21,8 +21,7 @@ import torch
 from agpnet.errors import AgpnetError
 from agpnet.metrics.ranking import DescendingOrder, block_points, curve_metrics, fits_float32, pack_key
 from agpnet.metrics.regions import label_regions, pack_masks, unpack_masks
-
-METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
+from agpnet.metrics.registry import MAD_KEYS
 
 _PIXELS_PER_STEP = 1 << 22  # pixels labelled and packed per step (bounds the temporaries)
 
@@ -76,11 +75,12 @@ def pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mad(metrics: dict) -> float:
-    """Mean of the seven `METRIC_KEYS` values of `metrics` (NaN if any of them is NaN)."""
-    missing = [key for key in METRIC_KEYS if key not in metrics]
+    """Mean of the seven `MAD_KEYS` values of `metrics` (NaN if any of them is NaN); other keys
+    of `metrics` do not count."""
+    missing = [key for key in MAD_KEYS if key not in metrics]
     if missing:
         raise AgpnetError(f"mad: metrics lacks {', '.join(missing)}")
-    return float(sum(float(metrics[key]) for key in METRIC_KEYS) / len(METRIC_KEYS))
+    return float(sum(float(metrics[key]) for key in MAD_KEYS) / len(MAD_KEYS))
 
 
 # Internals shared with the accumulator.
