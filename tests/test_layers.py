@@ -41,12 +41,23 @@ def test_inference_does_not_import_the_training_loop():
         assert "agpnet.train" not in reachable(graph, module), module
 
 
+CORE = ("agpnet.data", "agpnet.model", "agpnet.metrics", "agpnet.config")
+ENGINE = ("agpnet.runtime", "agpnet.train", "agpnet.evaluate", "agpnet.run", "agpnet.predict", "agpnet.progress",
+          "agpnet.records")
+SUITE = ("agpnet.sweep", "agpnet.tables", "agpnet.published", "agpnet.plots", "agpnet.report", "agpnet.viewer",
+         "agpnet.runfinder")
+
+
 def test_core_does_not_import_the_engine_or_the_suite():
     graph = import_graph()
-    engine_and_suite = {"agpnet.train", "agpnet.evaluate", "agpnet.run", "agpnet.predict", "agpnet.sweep",
-                        "agpnet.tables", "agpnet.report", "agpnet.viewer", "agpnet.plots", "agpnet.cli"}
-    for core in ("agpnet.data", "agpnet.model", "agpnet.metrics", "agpnet.config"):
-        assert not reachable(graph, core) & engine_and_suite, core
+    for core in CORE:
+        assert not reachable(graph, core) & {*ENGINE, *SUITE, "agpnet.cli"}, core
+
+
+def test_engine_does_not_import_the_suite():
+    graph = import_graph()
+    for engine in ENGINE:
+        assert not reachable(graph, engine) & {*SUITE, "agpnet.cli"}, engine
 
 
 def test_no_import_cycles():
