@@ -51,7 +51,8 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True, 
     result = _evaluate(model, test_set, device, cfg)
     record = _record(cfg, split, result, weights_info, device, started, epoch="final (no epoch selection on the test set)",
                      checkpoint_file=CHECKPOINT_NAME, loss_per_epoch=trained.loss_per_epoch,
-                     timings={"train_s": trained.train_seconds, "train_img_s": trained.images_per_second},
+                     timings={"train_s": trained.train_seconds, "train_img_s": trained.images_per_second,
+                              "features_s": trained.features_seconds, "epoch_s": trained.epoch_seconds},
                      n_train=len(train_set), few_shot_files=split.few_shot_files, data=data, segments=trained.segments)
     write_json(out / "record.json", record)
     return record

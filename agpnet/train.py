@@ -57,6 +57,8 @@ class TrainResult:
     images_per_second: float  # training images processed per second of train_seconds (NaN if none)
     checkpoint: Path
     segments: list[dict]  # each stretch of training: from_epoch, to_epoch, device, compile, compile_mode, feature_cache
+    features_seconds: float = 0.0  # decoding the images and the feature-cache pass, before the first step
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # wall time of each epoch of this call
 
 
 def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device: str | torch.device,
@@ -121,8 +123,10 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
                "image_cache": batches.place}
     segments.append(segment)
     live.update(force=True, stage="train")
+    features_seconds, epoch_seconds = time.perf_counter() - started, []
     with tqdm(total=(cfg.epochs - start_epoch) * steps, disable=not progress, desc="train", unit="step") as bar:
         for epoch in range(start_epoch, cfg.epochs):
+            epoch_started = time.perf_counter()
             seed_epoch(cfg.seed, epoch, order)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * cfg.batch_size / 8 * (cfg.lr_decay_gamma if epoch >= decay_epoch else 1.0)
@@ -155,7 +159,8 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
                     img_s = n_images / (time.perf_counter() - started)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(recent[-1]):.4g}", img_s=f"{img_s:.1f}")
                     live.update(epoch=epoch + 1, step=epoch * steps + i + 1, loss=float(recent[-1]), img_s=img_s)
-            losses.append(float(torch.stack(step_losses).float().mean()))
+            losses.append(float(torch.stack(step_losses).float().mean()))  # a host sync: the epoch is done
+            epoch_seconds.append(time.perf_counter() - epoch_started)
             if epoch + 1 == cfg.epochs or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
                 segment["to_epoch"] = epoch + 1
                 save_checkpoint(path, model, optimizer, cfg, epoch + 1, losses, fingerprint, data, segments)
@@ -167,7 +172,7 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     if cfg.compile:  # evaluation runs the plain modules: one pass does not repay a compilation for its batch size
         model.compile_in_place(None)
     model.eval()
-    return TrainResult(losses, seconds, n_images / seconds, path, segments)
+    return TrainResult(losses, seconds, n_images / seconds, path, segments, features_seconds, epoch_seconds)
 
 
 def seed_epoch(seed: int, epoch: int, order: torch.Generator) -> None:

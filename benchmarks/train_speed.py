@@ -145,8 +145,11 @@ def main(argv=None) -> dict:
                  "too fast to watch or the stages changed")
     images, timings = record["n_train"], record["timings"]
     loop_s = durations["train"]
-    epoch_s = steady_epoch_seconds(samples)
-    epoch_from = "steady (after the first epoch)"
+    recorded = timings.get("epoch_s") or []  # the record's own per-epoch times, when the run wrote them
+    if len(recorded) > 1:
+        epoch_s, epoch_from = sum(recorded[1:]) / len(recorded[1:]), "record: mean after the first epoch"
+    else:
+        epoch_s, epoch_from = steady_epoch_seconds(samples), "steady (after the first epoch)"
     if epoch_s is None:
         epoch_s, epoch_from = loop_s / args.epochs, "mean over all epochs (warm-up included)"
     est_s = wall_s + (PAPER_EPOCHS - args.epochs) * epoch_s
@@ -156,7 +159,7 @@ def main(argv=None) -> dict:
         "images": images,
         "epochs": args.epochs,
         "img_s": images * args.epochs / loop_s,
-        "features_s": durations["features"],
+        "features_s": timings.get("features_s", durations["features"]),
         "eval_s": timings["eval_s"],
         "est_500_epoch_h": est_s / 3600,
         "device": environment.get("gpu") or environment["device"],

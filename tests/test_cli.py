@@ -66,6 +66,9 @@ def test_run_writes_a_complete_record(trained_run):
     assert record["status"] == "complete"
     assert record["weights"]["pretrained"] is False and record["weights"]["warning"]
     assert len(record["loss_per_epoch"]) == 2
+    timings = record["timings"]
+    assert len(timings["epoch_s"]) == 2 and 0 < timings["features_s"] < timings["train_s"]
+    assert sum(timings["epoch_s"]) < timings["train_s"]
     cats = record["categories"]
     assert len(cats) >= 3 and set(record["metrics"]) == {*cats, "mean"}
     for values in record["metrics"].values():
