@@ -5,15 +5,16 @@ running out of memory (GPU or CPU) prints one line with what to lower and exits 
 """
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
-from agpnet.config import EVAL_RESOLUTIONS
+from agpnet.config import EVAL_RESOLUTIONS, DataConfig
 from agpnet.errors import AgpnetError, error_line
 
-DATA_FLAGS = ("dataset", "root", "setting", "category", "shots", "fast_jpeg")  # DataConfig's fields: run and eval
+DATA_FLAGS = tuple(f.name for f in dataclasses.fields(DataConfig))  # DataConfig's fields: run and eval
 EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_MEMORY = 3
 
@@ -191,7 +192,8 @@ def _cmd_eval(args) -> int:
                                  device=args.device,
                                  batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
                                  save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution,
-                                 overwrite=args.overwrite, precision=args.precision)
+                                 overwrite=args.overwrite, precision=args.precision,
+                                 options=data.reader_options())
     _print_metrics(record["metrics"])
     print(f"record: {Path(args.out) / 'record.json'}")
     return 0
