@@ -1,4 +1,4 @@
-"""The `agpnet` command: run, eval, predict, synth, sweep, weights, report.
+"""The `agpnet` command: run, eval, predict, mvtec2-submission, synth, sweep, weights, report.
 
 Bad input (arguments, files, layouts) prints one line `agpnet: error: ...` and exits with 2;
 running out of memory (GPU or CPU) prints one line with what to lower and exits with 3.
@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch-size", default=16)
     pr.set_defaults(handler=_cmd_predict)
+
+    sm = commands.add_parser("mvtec2-submission",
+                             help="MVTec AD 2: anomaly maps of test_private and test_private_mixed for MVTec's "
+                                  "evaluation server (thresholds from validation/good)")
+    sm.add_argument("--checkpoint", required=True)
+    sm.add_argument("--root", required=True, help="the MVTec AD 2 folder (<root>/<category>/test_private/ ...)")
+    sm.add_argument("--out", required=True, help="the submission folder: anomaly_images/, anomaly_images_thresholded/")
+    sm.add_argument("--category", help="comma-separated categories [those the checkpoint was trained on]")
+    sm.add_argument("--device", default="auto")
+    sm.add_argument("--batch-size", default=16)
+    sm.add_argument("--overwrite", action="store_true", help="replace submission files already in --out")
+    sm.set_defaults(handler=_cmd_mvtec2_submission)
 
     sy = commands.add_parser("synth", help="write the synthetic demo dataset (MVTec-AD layout)")
     sy.add_argument("--out", required=True)
@@ -205,6 +217,21 @@ def _cmd_predict(args) -> int:
     batch_size = _integer(args.batch_size, "--batch-size", minimum=1)
     csv_path = predict_images(args.checkpoint, args.inputs, args.out, device=args.device, batch_size=batch_size)
     print(f"scores: {csv_path}")
+    return 0
+
+
+def _cmd_mvtec2_submission(args) -> int:
+    from agpnet.submission import MVTEC2_CATEGORIES, write_submission
+
+    thresholds = write_submission(args.checkpoint, args.root, args.out, categories=args.category, device=args.device,
+                                  batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
+                                  overwrite=args.overwrite)
+    for category, threshold in thresholds.items():
+        print(f"{category}: threshold {threshold:.6g} (mean + 3 std of the validation/good map pixels)")
+    missing = [c for c in MVTEC2_CATEGORIES if not (Path(args.out) / "anomaly_images" / c).is_dir()]
+    if missing:
+        print(f"note: the evaluation server expects all 8 categories; {args.out} lacks {', '.join(missing)}")
+    print(f"submission: {args.out} (check and pack it with MVTec's check_and_prepare_data_for_upload.py)")
     return 0
 
 
