@@ -37,13 +37,13 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_inference_does_not_import_the_training_loop():
     graph = import_graph()
-    for module in ("agpnet.evaluate", "agpnet.predict", "agpnet.viewer", "agpnet.model.checkpoint"):
+    for module in ("agpnet.evaluate", "agpnet.predict", "agpnet.submission", "agpnet.viewer", "agpnet.model.checkpoint"):
         assert "agpnet.train" not in reachable(graph, module), module
 
 
 def test_core_does_not_import_the_engine_or_the_suite():
     graph = import_graph()
-    engine_and_suite = {"agpnet.train", "agpnet.evaluate", "agpnet.run", "agpnet.predict", "agpnet.sweep",
+    engine_and_suite = {"agpnet.train", "agpnet.evaluate", "agpnet.run", "agpnet.predict", "agpnet.submission", "agpnet.sweep",
                         "agpnet.tables", "agpnet.report", "agpnet.viewer", "agpnet.plots", "agpnet.cli"}
     for core in ("agpnet.data", "agpnet.model", "agpnet.metrics", "agpnet.config"):
         assert not reachable(graph, core) & engine_and_suite, core
