@@ -1,19 +1,20 @@
-"""The `agpnet` command: run, eval, predict, synth, sweep, weights, report.
+"""The `agpnet` command: run, eval, predict, mvtec2-submission, synth, sweep, weights, report.
 
 Bad input (arguments, files, layouts) prints one line `agpnet: error: ...` and exits with 2;
 running out of memory (GPU or CPU) prints one line with what to lower and exits with 3.
 """
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
-from agpnet.config import EVAL_RESOLUTIONS
+from agpnet.config import EVAL_RESOLUTIONS, DataConfig
 from agpnet.errors import AgpnetError, error_line
 
-DATA_FLAGS = ("dataset", "root", "setting", "category", "shots", "fast_jpeg")  # DataConfig's fields: run and eval
+DATA_FLAGS = tuple(f.name for f in dataclasses.fields(DataConfig))  # DataConfig's fields: run and eval
 EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_MEMORY = 3
 
@@ -93,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch-size", default=16)
     pr.set_defaults(handler=_cmd_predict)
+
+    sm = commands.add_parser("mvtec2-submission",
+                             help="MVTec AD 2: anomaly maps of test_private and test_private_mixed for MVTec's "
+                                  "evaluation server (thresholds from validation/good)")
+    sm.add_argument("--checkpoint", required=True)
+    sm.add_argument("--root", required=True, help="the MVTec AD 2 folder (<root>/<category>/test_private/ ...)")
+    sm.add_argument("--out", required=True, help="the submission folder: anomaly_images/, anomaly_images_thresholded/")
+    sm.add_argument("--category", help="comma-separated categories [those the checkpoint was trained on]")
+    sm.add_argument("--device", default="auto")
+    sm.add_argument("--batch-size", default=16)
+    sm.add_argument("--overwrite", action="store_true", help="replace submission files already in --out")
+    sm.set_defaults(handler=_cmd_mvtec2_submission)
 
     sy = commands.add_parser("synth", help="write the synthetic demo dataset (MVTec-AD layout)")
     sy.add_argument("--out", required=True)
@@ -191,7 +204,8 @@ def _cmd_eval(args) -> int:
                                  device=args.device,
                                  batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
                                  save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution,
-                                 overwrite=args.overwrite, precision=args.precision)
+                                 overwrite=args.overwrite, precision=args.precision,
+                                 options=data.reader_options())
     _print_metrics(record["metrics"])
     print(f"record: {Path(args.out) / 'record.json'}")
     return 0
@@ -203,6 +217,21 @@ def _cmd_predict(args) -> int:
     batch_size = _integer(args.batch_size, "--batch-size", minimum=1)
     csv_path = predict_images(args.checkpoint, args.inputs, args.out, device=args.device, batch_size=batch_size)
     print(f"scores: {csv_path}")
+    return 0
+
+
+def _cmd_mvtec2_submission(args) -> int:
+    from agpnet.submission import MVTEC2_CATEGORIES, write_submission
+
+    thresholds = write_submission(args.checkpoint, args.root, args.out, categories=args.category, device=args.device,
+                                  batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
+                                  overwrite=args.overwrite)
+    for category, threshold in thresholds.items():
+        print(f"{category}: threshold {threshold:.6g} (mean + 3 std of the validation/good map pixels)")
+    missing = [c for c in MVTEC2_CATEGORIES if not (Path(args.out) / "anomaly_images" / c).is_dir()]
+    if missing:
+        print(f"note: the evaluation server expects all 8 categories; {args.out} lacks {', '.join(missing)}")
+    print(f"submission: {args.out} (check and pack it with MVTec's check_and_prepare_data_for_upload.py)")
     return 0
 
 

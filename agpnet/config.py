@@ -192,6 +192,9 @@ class TrainConfig:
         check_numbers("train", self)
 
 
+REALIAD_RESOLUTIONS = ("256", "512", "1024", "raw")  # Real-IAD's image folders realiad_<resolution>
+
+
 @dataclass
 class DataConfig:
     """Which images: dataset kind, root folder and setting (see agpnet.data.load_split)."""
@@ -204,9 +207,22 @@ class DataConfig:
     shots: int | None = None  # few-shot: k normal training images per category
     fast_jpeg: bool = False  # decode JPEGs in Pillow's draft mode (reduced scale) before the resize: faster, not
     #                          the full decode published numbers use
+    realiad_resolution: str = "1024"  # Real-IAD only: the image folder realiad_<this> (256, 512, 1024 or raw)
+    realiad_split: str = "realiad_jsons"  # Real-IAD only: the split folder realiad_jsons/<this> (realiad_jsons:
+    #                                       multi-view, all 5 views, as ADer; realiad_jsons_sv, realiad_jsons_fuiad_0.x)
 
     def __post_init__(self):
+        if self.realiad_resolution not in REALIAD_RESOLUTIONS:
+            raise AgpnetError(f"data config realiad_resolution={self.realiad_resolution!r}: expected one of "
+                              f"{', '.join(REALIAD_RESOLUTIONS)}")
+        if self.realiad_split in ("", ".", "..") or Path(self.realiad_split).name != self.realiad_split:
+            raise AgpnetError(f"data config realiad_split={self.realiad_split!r}: expected a folder name in "
+                              "<root>/realiad_jsons/, e.g. realiad_jsons or realiad_jsons_sv")
         check_numbers("data", self)
+
+    def reader_options(self) -> dict:
+        """The per-dataset reader options, for agpnet.data.load_split(options=...)."""
+        return {"realiad_resolution": self.realiad_resolution, "realiad_split": self.realiad_split}
 
 
 EVAL_RESOLUTIONS = ("input", "original")  # maps and masks at S x S, or at each image's own size

@@ -49,16 +49,7 @@ def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     model, _ = load_checkpoint(checkpoint, device)
-    samples = [Sample(image=p, category="predict", label=0, defect="unknown", mask=None) for p in paths]
-    dataset = AnomalyDataset(samples, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
-    maps, scores = [], []
-    model.eval()
-    with torch.inference_mode(), autocast("auto", device):
-        for batch in DataLoader(dataset, batch_size=batch_size):
-            predicted = model.predict(batch["image"].to(device))
-            maps.append(predicted["anomaly_map"].float().cpu())
-            scores.append(predicted["score"].float().cpu())
-    maps, scores = torch.cat(maps), torch.cat(scores)
+    maps, scores = predict_maps(model, paths, device, batch_size)
     vmin, vmax = float(maps.min()), float(maps.max())
 
     names = [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)]  # unique even when stems repeat
@@ -72,10 +63,31 @@ def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str
     return write_text(out / "scores.csv", rows.getvalue())
 
 
+def predict_maps(model, paths: list[Path], device: torch.device, batch_size: int = 16,
+                 amp: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(anomaly maps (N,S,S), image scores (N,)), float32 on the host, of the images at `paths` in
+    their order. `amp` as in TrainConfig ("off": the model in fp32)."""
+    samples = [Sample(image=p, category="predict", label=0, defect="unknown", mask=None) for p in paths]
+    dataset = AnomalyDataset(samples, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
+    maps, scores = [], []
+    model.eval()
+    with torch.inference_mode(), autocast(amp, device):
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            predicted = model.predict(batch["image"].to(device))
+            maps.append(predicted["anomaly_map"].float().cpu())
+            scores.append(predicted["score"].float().cpu())
+    return torch.cat(maps), torch.cat(scores)
+
+
+def upsample(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The map (S,S) bilinearly resized to `size` = (width, height) of its image: (height, width)."""
+    width, height = size
+    return F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+
+
 def overlay_png(image: Image.Image, anomaly_map: torch.Tensor, vmin: float, vmax: float, alpha: float = 0.5) -> bytes:
     """PNG bytes: the map (S,S) upsampled to the image's size, coloured (jet) and blended over it."""
-    width, height = image.size
-    resized = F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    resized = upsample(anomaly_map, image.size)
     scaled = ((resized - vmin) / max(vmax - vmin, 1e-12)).clamp(0, 1).numpy()
     heat = matplotlib.colormaps["jet"](scaled)[..., :3]
     blended = (1 - alpha) * np.asarray(image, dtype=np.float32) / 255 + alpha * heat

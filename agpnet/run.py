@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from agpnet.atomic import write_json
-from agpnet.config import RunConfig, TrainConfig
+from agpnet.config import DataConfig, RunConfig, TrainConfig
 from agpnet.data import AnomalyDataset, load_split
 from agpnet.environment import describe_environment, resolve_device, timestamp
 from agpnet.errors import AgpnetError
@@ -33,7 +33,7 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True, 
     check_run_folder(out, resume or overwrite)
     device = resolve_device(cfg.device)
     split = load_split(cfg.data.dataset, cfg.data.root, cfg.data.setting, category=cfg.data.category,
-                       shots=cfg.data.shots, seed=cfg.train.seed)
+                       shots=cfg.data.shots, seed=cfg.train.seed, options=cfg.data.reader_options())
     model, weights_info = build_model(cfg.model, weights=cfg.weights, device=device)
     size, fast_jpeg = cfg.model.image_size, cfg.data.fast_jpeg
     train_set = AnomalyDataset(split.train, image_size=size, mean=model.mean, std=model.std, cache=True,
@@ -96,9 +96,10 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
                         category: str | None = None, shots: int | None = None, fast_jpeg: bool = False,
                         device: str = "auto", batch_size: int = 16,
                         save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input",
-                        overwrite: bool = False, precision: str = "fp32") -> dict:
+                        overwrite: bool = False, precision: str = "fp32", options: dict | None = None) -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record (a folder
-    holding a complete record is only reused with `overwrite`)."""
+    holding a complete record is only reused with `overwrite`). `options`: per-dataset reader
+    options (DataConfig fields such as realiad_split; DataConfig.reader_options())."""
     started = timestamp()
     out = Path(out_dir)
     if out.resolve() == Path(checkpoint).resolve().parent:
@@ -109,11 +110,12 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
     model, meta = load_checkpoint(checkpoint, torch_device)
     cfg = RunConfig(model=model.cfg, train=TrainConfig(**meta["train_config"]), weights=meta["weights"],
                     device=device, out_dir=str(out_dir))
-    cfg.data.dataset, cfg.data.root, cfg.data.setting, cfg.data.category = dataset, str(root), setting, category
-    cfg.data.shots, cfg.data.fast_jpeg = shots, fast_jpeg
+    cfg.data = DataConfig(dataset=dataset, root=str(root), setting=setting, category=category, shots=shots,
+                          fast_jpeg=fast_jpeg, **(options or {}))
     cfg.eval.eval_batch_size, cfg.eval.save_maps, cfg.eval.eval_resolution = batch_size, save_maps, resolution
     cfg.eval.eval_precision = precision
-    split = load_split(dataset, root, setting, category=category, shots=shots, seed=cfg.train.seed)
+    split = load_split(dataset, root, setting, category=category, shots=shots, seed=cfg.train.seed,
+                       options=cfg.data.reader_options())
     test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std,
                               fast_jpeg=fast_jpeg)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Small dataset trees for the data-layer tests (32x32 images, built in tmp_path)."""
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,4 +141,79 @@ def make_folder(
             if mask_dir is not None:
                 name = f"{defect}/{stem}_mask.png" if nested else f"{stem}.png"
                 write_mask(root / mask_dir / name)
+    return root
+
+
+def make_mvtec2(root: Path, categories=("can", "vial"), n_train: int = 3, n_validation: int = 2, n_good: int = 2,
+                n_bad: int = 2, n_private: int = 2, size=SIZE) -> Path:
+    """MVTec AD 2 tree: train/good, validation/good, test_public/{good,bad,ground_truth/bad/<stem>_mask.png},
+    test_private/<nnn>_regular.png and test_private_mixed/<nnn>_mixed.png."""
+    for c, category in enumerate(categories):
+        cat = root / category
+        for i in range(n_train):
+            write_image(cat / "train" / "good" / f"{i:03d}_regular.png", size=size, seed=100 * c + i)
+        for i in range(n_validation):
+            write_image(cat / "validation" / "good" / f"{i:03d}_regular.png", size=size, seed=100 * c + 30 + i)
+        for i in range(n_good):
+            write_image(cat / "test_public" / "good" / f"{i:03d}_good.png", size=size, seed=100 * c + 50 + i)
+        for i in range(n_bad):
+            write_image(cat / "test_public" / "bad" / f"{i:03d}_bad.png", size=size, seed=100 * c + 70 + i)
+            write_mask(cat / "test_public" / "ground_truth" / "bad" / f"{i:03d}_bad_mask.png", size=size)
+        for i in range(n_private):
+            write_image(cat / "test_private" / f"{i:03d}_regular.png", size=size, seed=100 * c + 80 + i)
+            write_image(cat / "test_private_mixed" / f"{i:03d}_mixed.png", size=size, seed=100 * c + 90 + i)
+    return root
+
+
+REALIAD_RESOLUTION_DIRS = ("realiad_256", "realiad_1024")
+
+
+def make_realiad(root: Path, categories=("audiojack", "pcb"), n_train: int = 3, n_good: int = 2, n_bad: int = 2,
+                 split: str = "realiad_jsons", resolutions=REALIAD_RESOLUTION_DIRS, image=write_image) -> Path:
+    """Real-IAD tree: <root>/realiad_<res>/<cat>/{OK/S<nnnn>/*.jpg, NG/<defect>/S<nnnn>/*.jpg + *_mask.png}
+    for each resolution folder, and <root>/realiad_jsons/<split>/<cat>.json listing them. `image`
+    writes one image (path, seed); masks always come from write_mask."""
+    for c, category in enumerate(categories):
+        train, test = [], []
+        entries = []  # (part, relative image path, anomaly class, relative mask path)
+        for i in range(n_train + n_good):
+            part = "train" if i < n_train else "test"
+            entries.append((part, f"OK/S{i:04d}/{category}_{i:04d}_OK_C1_20230922.jpg", "OK", None))
+        for i in range(n_bad):
+            stem = f"NG/AK/S{50 + i:04d}/{category}_{50 + i:04d}_NG_AK_C2_20230922"
+            entries.append(("test", f"{stem}.jpg", "AK", f"{stem}_mask.png"))
+        for resolution in resolutions:
+            cat_dir = root / resolution / category
+            for n, (_, image_path, _, mask_path) in enumerate(entries):
+                image(cat_dir / image_path, seed=100 * c + n)
+                if mask_path:
+                    write_mask(cat_dir / mask_path)
+        for part, image_path, anomaly_class, mask_path in entries:
+            (train if part == "train" else test).append(
+                {"category": category, "anomaly_class": anomaly_class, "image_path": image_path, "mask_path": mask_path})
+        write_realiad_json(root, split, category, {"meta": {"prefix": category, "normal_class": "OK"},
+                                                   "train": train, "test": test})
+    return root
+
+
+def write_realiad_json(root: Path, split: str, category: str, content) -> Path:
+    path = root / "realiad_jsons" / split / f"{category}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content))
+    return path
+
+
+def make_btad(root: Path, products=("01", "03"), n_train: int = 3, n_good: int = 2, n_bad: int = 2) -> Path:
+    """BTAD tree: <product>/train/ok, test/ok, test/ko and ground_truth/ko, with the release's mix of
+    formats: product 01 has .bmp images and .png masks, 02 .png and .png, 03 .bmp and .bmp."""
+    formats = {"01": (".bmp", ".png"), "02": (".png", ".png"), "03": (".bmp", ".bmp")}
+    for c, product in enumerate(products):
+        image_suffix, mask_suffix = formats[product]
+        for i in range(n_train):
+            write_image(root / product / "train" / "ok" / f"{i:04d}{image_suffix}", seed=100 * c + i)
+        for i in range(n_good):
+            write_image(root / product / "test" / "ok" / f"{i:04d}{image_suffix}", seed=100 * c + 50 + i)
+        for i in range(n_bad):
+            write_image(root / product / "test" / "ko" / f"{i:04d}{image_suffix}", seed=100 * c + 70 + i)
+            write_mask(root / product / "ground_truth" / "ko" / f"{i:04d}{mask_suffix}")
     return root

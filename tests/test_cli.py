@@ -130,6 +130,20 @@ def test_eval_reproduces_the_run_metrics(trained_run, synth_root, tmp_path):
                  "--root", str(synth_root), "--device", "cpu", "--out", str(trained_run)]) == 2
 
 
+def test_eval_takes_the_dataset_options(trained_run, tmp_path):
+    """--realiad-resolution reaches the reader and the record (the tree has no default 1024 folder)."""
+    from fixtures_data import make_realiad
+
+    root = make_realiad(tmp_path / "realiad", n_train=1, n_good=1, n_bad=1, resolutions=("realiad_256",))
+    args = ["eval", "--checkpoint", str(trained_run / "checkpoint.pt"), "--dataset", "realiad", "--root", str(root),
+            "--device", "cpu"]
+    assert main([*args, "--realiad-resolution", "256", "--out", str(tmp_path / "e")]) == 0
+    record = json.loads((tmp_path / "e" / "record.json").read_text())
+    assert record["config"]["data"]["realiad_resolution"] == "256"
+    assert record["categories"] == ["audiojack", "pcb"] and record["n_test"] == 4
+    assert main([*args, "--out", str(tmp_path / "e1024")]) == 2
+
+
 def test_predict_writes_overlays_and_scores(trained_run, synth_root, tmp_path):
     category = sorted(p for p in Path(synth_root).iterdir() if p.is_dir())[0]
     folder = category / "test"

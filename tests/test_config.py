@@ -49,11 +49,24 @@ def test_field_names_are_unique_and_complete():
         ({"ema_decoder": "maybe"}, "ema_decoder"),
         ({"dataset": None}, "dataset"),
         ({"bogus": 1}, "bogus"),
+        ({"realiad_resolution": 300}, "realiad_resolution=.300.: expected one of 256, 512, 1024, raw"),
+        ({"realiad_split": "realiad_jsons/../x"}, "realiad_split"),
+        ({"realiad_split": ".."}, "realiad_split"),
     ],
 )
 def test_bad_values_name_the_field(values, named):
     with pytest.raises(AgpnetError, match=named):
         RunConfig.from_flat(values)
+
+
+def test_realiad_options_from_yaml_numbers_and_flags(tmp_path):
+    """A YAML 256 is the folder name "256"; the options reach load_split through reader_options()."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("dataset: realiad\nrealiad_resolution: 256\nrealiad_split: realiad_jsons_sv\n")
+    cfg = RunConfig.from_flat(load_yaml_config(path))
+    assert cfg.data.reader_options() == {"realiad_resolution": "256", "realiad_split": "realiad_jsons_sv"}
+    assert RunConfig.from_flat({"realiad_resolution": "raw"}).data.realiad_resolution == "raw"
+    assert RunConfig().data.reader_options() == {"realiad_resolution": "1024", "realiad_split": "realiad_jsons"}
 
 
 def test_optional_fields_accept_none():

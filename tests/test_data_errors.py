@@ -1,18 +1,24 @@
 """Bad input: every case raises AgpnetError with one line naming the path and what was expected."""
 
+import json
 import shutil
 
 import pytest
 from fixtures_data import (
+    make_btad,
     make_folder,
     make_mvtec,
+    make_mvtec2,
     make_mvtec3d,
+    make_realiad,
     make_visa_raw,
     write_image,
     write_mask,
+    write_realiad_json,
     write_visa_csv,
 )
 
+from agpnet.cli import main
 from agpnet.data import AnomalyDataset, list_categories, load_split, read_folder
 from agpnet.errors import AgpnetError
 
@@ -25,7 +31,7 @@ def _error(call, *args, **kwargs) -> str:
     return message
 
 
-@pytest.mark.parametrize("dataset", ["mvtec", "visa", "mvtec3d", "folder"])
+@pytest.mark.parametrize("dataset", ["mvtec", "visa", "mvtec3d", "folder", "mvtec2", "realiad", "btad"])
 def test_root_missing(tmp_path, dataset):
     message = _error(load_split, dataset, tmp_path / "nowhere", "multi-class")
     assert str(tmp_path / "nowhere") in message and "not found" in message
@@ -38,6 +44,10 @@ def test_root_missing(tmp_path, dataset):
         ("mvtec3d", "expected <root>/<category>/train/good/rgb/ (MVTec-3D AD layout)"),
         ("visa", "<root>/split_csv/1cls.csv (VisA release)"),
         ("folder", "expected <root>/train/good/"),
+        ("mvtec2", "expected <root>/<category>/train/good/ and test_public/ (MVTec AD 2 layout)"),
+        ("realiad", "expected <root>/realiad_<realiad_resolution>/<category>/ with <root>/realiad_jsons/"
+                    "<realiad_split>/<category>.json (Real-IAD layout)"),
+        ("btad", "expected <root>/<01|02|03>/train/ok/ (BTAD layout)"),
     ],
 )
 def test_layout_not_recognised(tmp_path, dataset, expected):
@@ -180,3 +190,106 @@ def test_unknown_setting_dataset_and_bad_shots(tmp_path):
 def test_read_folder_missing_folder(tmp_path):
     message = _error(read_folder, tmp_path / "normal", None, [])
     assert str(tmp_path / "normal") in message and "expected a folder of normal training images" in message
+
+
+# --- Real-IAD, MVTec AD 2, BTAD: bad input through `agpnet run`, before anything is written -------
+
+
+def _run_error(capsys, tmp_path, dataset: str, root, *flags: str) -> str:
+    """`agpnet run` on bad data: exit status 2, one line on stderr, no run folder."""
+    out = tmp_path / "run"
+    code = main(["run", "--dataset", dataset, "--root", str(root), "--device", "cpu", "--weights", "random",
+                 "--quiet", "--out", str(out), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("agpnet: error: ") and "\n" not in err, err
+    assert not out.exists()
+    return err
+
+
+def _rewrite_realiad_split(root, category: str, change) -> None:
+    path = root / "realiad_jsons" / "realiad_jsons" / f"{category}.json"
+    lists = json.loads(path.read_text())
+    change(lists)
+    write_realiad_json(root, "realiad_jsons", category, lists)
+
+
+def test_realiad_missing_split_file(tmp_path, capsys):
+    root = make_realiad(tmp_path / "realiad")
+    split_file = root / "realiad_jsons" / "realiad_jsons" / "pcb.json"
+    split_file.unlink()
+    err = _run_error(capsys, tmp_path, "realiad", root)
+    assert f"{split_file}: Real-IAD split file not found" in err
+
+
+def test_realiad_split_folder_missing_names_the_ones_there(tmp_path, capsys):
+    root = make_realiad(tmp_path / "realiad")
+    err = _run_error(capsys, tmp_path, "realiad", root, "--realiad-split", "realiad_jsons_fuiad_0.4")
+    assert "realiad_jsons/realiad_jsons_fuiad_0.4/audiojack.json" in err and "found: realiad_jsons)" in err
+
+
+def test_realiad_resolution_folder_missing_or_unknown(tmp_path, capsys):
+    root = make_realiad(tmp_path / "realiad")
+    assert "layout not recognised" in _run_error(capsys, tmp_path, "realiad", root, "--realiad-resolution", "512")
+    err = _run_error(capsys, tmp_path, "realiad", root, "--realiad-resolution", "300")
+    assert "realiad_resolution='300'" in err and "256, 512, 1024, raw" in err
+    assert "realiad_split" in _run_error(capsys, tmp_path, "realiad", root, "--realiad-split", "../elsewhere")
+
+
+def test_realiad_entry_pointing_to_a_missing_image(tmp_path, capsys):
+    root = make_realiad(tmp_path / "realiad", n_train=2, n_good=1)
+    image = root / "realiad_1024" / "pcb" / "OK" / "S0002" / "pcb_0002_OK_C1_20230922.jpg"
+    image.unlink()
+    err = _run_error(capsys, tmp_path, "realiad", root)
+    assert f"{image}: image listed in {root / 'realiad_jsons' / 'realiad_jsons' / 'pcb.json'} test[0] not found" in err
+
+
+def test_realiad_mask_size_mismatch(tmp_path, capsys):
+    root = make_realiad(tmp_path / "realiad")
+    mask = next((root / "realiad_1024" / "audiojack" / "NG").rglob("*_mask.png"))
+    write_mask(mask, size=(32, 30))
+    err = _run_error(capsys, tmp_path, "realiad", root)
+    assert str(mask) in err and "mask size 32x30 differs" in err
+
+
+def test_realiad_defective_entry_without_mask(tmp_path, capsys):
+    root = make_realiad(tmp_path / "realiad")
+    _rewrite_realiad_split(root, "audiojack", lambda lists: lists["test"][-1].update(mask_path=None))
+    err = _run_error(capsys, tmp_path, "realiad", root)
+    assert "defective test image has no mask" in err and "audiojack.json test[" in err
+
+
+def test_realiad_anomaly_in_train_and_malformed_entries(tmp_path, capsys):
+    root = make_realiad(tmp_path / "realiad")
+    _rewrite_realiad_split(root, "pcb", lambda lists: lists["train"][1].update(anomaly_class="AK"))
+    assert "pcb.json train[1]: anomaly class 'AK' in the train split" in _run_error(capsys, tmp_path, "realiad", root)
+    _rewrite_realiad_split(root, "pcb", lambda lists: lists["train"][1].pop("image_path"))
+    assert "pcb.json train[1]: expected an entry with image_path" in _run_error(capsys, tmp_path, "realiad", root)
+    write_realiad_json(root, "realiad_jsons", "pcb", ["not", "an", "object"])
+    assert "expected a JSON object with 'train' and 'test' lists" in _run_error(capsys, tmp_path, "realiad", root)
+    (root / "realiad_jsons" / "realiad_jsons" / "pcb.json").write_text("{truncated")
+    assert "pcb.json: not a readable JSON file" in _run_error(capsys, tmp_path, "realiad", root)
+
+
+def test_mvtec2_missing_test_public_mask_and_mask_size(tmp_path, capsys):
+    root = make_mvtec2(tmp_path / "mvtec2", categories=("can",))
+    mask = root / "can" / "test_public" / "ground_truth" / "bad" / "001_bad_mask.png"
+    mask.unlink()
+    err = _run_error(capsys, tmp_path, "mvtec2", root)
+    assert f"{root / 'can' / 'test_public' / 'bad' / '001_bad.png'}: defective test image has no mask" in err
+    assert str(mask) in err
+    write_mask(mask, size=(30, 32))
+    assert f"{mask}: mask size 30x32 differs" in _run_error(capsys, tmp_path, "mvtec2", root)
+    shutil.rmtree(root / "can" / "test_public")
+    assert f"{root / 'can' / 'test_public'}: folder not found" in _run_error(capsys, tmp_path, "mvtec2", root)
+
+
+def test_btad_missing_mask_and_mask_size(tmp_path, capsys):
+    root = make_btad(tmp_path / "btad", products=("01",))
+    (root / "01" / "ground_truth" / "ko" / "0001.png").unlink()
+    err = _run_error(capsys, tmp_path, "btad", root)
+    assert f"{root / '01' / 'test' / 'ko' / '0001.bmp'}: defective test image has no mask" in err
+    assert "ground_truth/ko/0001.png or 0001.bmp" in err
+    mask = write_mask(root / "01" / "ground_truth" / "ko" / "0001.bmp", size=(32, 16))
+    assert f"{mask}: mask size 32x16 differs" in _run_error(capsys, tmp_path, "btad", root)
+    shutil.rmtree(root / "01" / "test")
+    assert f"{root / '01' / 'test'}: folder not found" in _run_error(capsys, tmp_path, "btad", root)

@@ -3,8 +3,20 @@
 from pathlib import Path
 
 import pytest
-from fixtures_data import make_folder, make_mvtec, make_mvtec3d, make_visa_raw, write_image, write_mask
+from fixtures_data import (
+    make_btad,
+    make_folder,
+    make_mvtec,
+    make_mvtec2,
+    make_mvtec3d,
+    make_realiad,
+    make_visa_raw,
+    write_image,
+    write_mask,
+    write_realiad_json,
+)
 
+from agpnet.config import RunConfig
 from agpnet.data import AnomalyDataset, list_categories, load_split, read_folder
 from agpnet.errors import AgpnetError
 
@@ -176,6 +188,99 @@ def test_mvtec3d_reads_rgb_only_and_ignores_validation(tmp_path):
     ]
 
 
+# --- MVTec AD 2 ----------------------------------------------------------------------------------
+
+
+def _relative(samples, root):
+    return [(s.image.relative_to(root).as_posix(), s.label, s.defect, s.mask and s.mask.relative_to(root).as_posix())
+            for s in samples]
+
+
+def test_mvtec2_evaluates_on_test_public_only(tmp_path):
+    """validation/good (thresholds) and test_private* (no labels) are in neither list."""
+    make_mvtec2(tmp_path, categories=("vial", "can"), n_train=2, n_validation=2, n_good=1, n_bad=2, n_private=2)
+    assert list_categories("mvtec2", tmp_path) == ["can", "vial"]
+    split = load_split("mvtec2", tmp_path, "one-class", category="can")
+    assert [s.image.relative_to(tmp_path).as_posix() for s in split.train] == [
+        "can/train/good/000_regular.png", "can/train/good/001_regular.png"]
+    assert _relative(split.test, tmp_path) == [
+        ("can/test_public/bad/000_bad.png", 1, "bad", "can/test_public/ground_truth/bad/000_bad_mask.png"),
+        ("can/test_public/bad/001_bad.png", 1, "bad", "can/test_public/ground_truth/bad/001_bad_mask.png"),
+        ("can/test_public/good/000_good.png", 0, "good", None),
+    ]
+
+
+def test_mvtec2_and_mvtec_layouts_are_told_apart(tmp_path):
+    make_mvtec(tmp_path / "ad", categories=("bottle",))
+    make_mvtec2(tmp_path / "ad2", categories=("can",))
+    with pytest.raises(AgpnetError, match="bottle/test_public: folder not found"):
+        load_split("mvtec2", tmp_path / "ad", "multi-class")
+    with pytest.raises(AgpnetError, match="can/test: folder not found"):
+        load_split("mvtec", tmp_path / "ad2", "multi-class")
+
+
+# --- Real-IAD ------------------------------------------------------------------------------------
+
+
+def test_realiad_reads_the_split_file_at_the_default_resolution(tmp_path):
+    make_realiad(tmp_path, categories=("pcb", "audiojack"), n_train=2, n_good=1, n_bad=2)
+    assert list_categories("realiad", tmp_path) == ["audiojack", "pcb"]
+    split = load_split("realiad", tmp_path, "one-class", category="pcb")
+    images = "realiad_1024/pcb"
+    assert [s.image.relative_to(tmp_path).as_posix() for s in split.train] == [
+        f"{images}/OK/S0000/pcb_0000_OK_C1_20230922.jpg", f"{images}/OK/S0001/pcb_0001_OK_C1_20230922.jpg"]
+    ng = f"{images}/NG/AK/S00{{}}/pcb_00{{}}_NG_AK_C2_20230922"
+    assert _relative(split.test, tmp_path) == [
+        (ng.format(50, 50) + ".jpg", 1, "AK", ng.format(50, 50) + "_mask.png"),
+        (ng.format(51, 51) + ".jpg", 1, "AK", ng.format(51, 51) + "_mask.png"),
+        (f"{images}/OK/S0002/pcb_0002_OK_C1_20230922.jpg", 0, "good", None),
+    ]
+
+
+def test_realiad_options_choose_the_resolution_folder_and_the_split(tmp_path):
+    make_realiad(tmp_path, categories=("pcb",), n_train=3, n_good=1, n_bad=1)
+    # a second protocol (as realiad_jsons_sv): fewer training images, one more test image
+    lists = {"train": [{"image_path": "OK/S0000/pcb_0000_OK_C1_20230922.jpg", "anomaly_class": "OK",
+                        "mask_path": None}],
+             "test": [{"image_path": f"OK/S000{i}/pcb_000{i}_OK_C1_20230922.jpg", "anomaly_class": "OK"}
+                      for i in (1, 2, 3)]}
+    write_realiad_json(tmp_path, "realiad_jsons_sv", "pcb", lists)
+    small = load_split("realiad", tmp_path, "multi-class", options={"realiad_resolution": "256"})
+    assert all(s.image.is_relative_to(tmp_path / "realiad_256") for s in small.train + small.test)
+    assert all(s.mask.is_relative_to(tmp_path / "realiad_256") for s in small.test if s.mask)
+    sv = load_split("realiad", tmp_path, "multi-class",
+                    options={"realiad_split": "realiad_jsons_sv", "dataset": "ignored: not a reader option"})
+    assert (len(sv.train), len(sv.test)) == (1, 3)
+    default = load_split("realiad", tmp_path, "multi-class")
+    assert (len(default.train), len(default.test)) == (3, 2)
+    assert default == load_split("realiad", tmp_path, "multi-class", options=RunConfig().data.reader_options())
+
+
+def test_realiad_few_shot_files_are_relative_to_the_root(tmp_path):
+    make_realiad(tmp_path, categories=("pcb",), n_train=4)
+    split = load_split("realiad", tmp_path, "few-shot", shots=2, seed=0)
+    assert all(f.startswith("realiad_1024/pcb/OK/") for f in split.few_shot_files["pcb"])
+
+
+# --- BTAD ----------------------------------------------------------------------------------------
+
+
+def test_btad_matches_png_and_bmp_masks_by_stem(tmp_path):
+    make_btad(tmp_path, products=("03", "01", "02"), n_train=2, n_good=1, n_bad=2)
+    assert list_categories("btad", tmp_path) == ["01", "02", "03"]
+    split = load_split("btad", tmp_path, "multi-class")
+    assert [s.image.relative_to(tmp_path).as_posix() for s in split.train if s.category == "01"] == [
+        "01/train/ok/0000.bmp", "01/train/ok/0001.bmp"]
+    assert {(s.label, s.defect) for s in split.test} == {(0, "good"), (1, "ko")}
+    assert [(s.category, s.image.name, s.mask.name) for s in split.test if s.label] == [
+        ("01", "0000.bmp", "0000.png"), ("01", "0001.bmp", "0001.png"),
+        ("02", "0000.png", "0000.png"), ("02", "0001.png", "0001.png"),
+        ("03", "0000.bmp", "0000.bmp"), ("03", "0001.bmp", "0001.bmp"),
+    ]
+    item = AnomalyDataset([s for s in split.test if s.label][:1], image_size=16)[0]
+    assert item["label"] == 1 and item["mask"].any()
+
+
 # --- generic folder ------------------------------------------------------------------------------
 
 
@@ -270,5 +375,5 @@ def test_a_dataset_is_one_reader_and_one_registry_entry(tmp_path, monkeypatch):
     monkeypatch.setitem(readers.READERS, "tiny", entry)
     split = load_split("tiny", tmp_path, "one-class", category="bottle")
     assert split.categories == ["bottle"] and len(split.train) == 2 and len(split.test) == 2
-    with pytest.raises(AgpnetError, match="expected one of mvtec, visa, mvtec3d, folder, tiny"):
+    with pytest.raises(AgpnetError, match="expected one of mvtec, visa, mvtec3d, folder, mvtec2, realiad, btad, tiny"):
         load_split("nope", tmp_path, "one-class")

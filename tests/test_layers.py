@@ -37,13 +37,13 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_inference_does_not_import_the_training_loop():
     graph = import_graph()
-    for module in ("agpnet.evaluate", "agpnet.predict", "agpnet.viewer", "agpnet.model.checkpoint"):
+    for module in ("agpnet.evaluate", "agpnet.predict", "agpnet.submission", "agpnet.viewer", "agpnet.model.checkpoint"):
         assert "agpnet.train" not in reachable(graph, module), module
 
 
 CORE = ("agpnet.data", "agpnet.model", "agpnet.metrics", "agpnet.config")
-ENGINE = ("agpnet.runtime", "agpnet.train", "agpnet.evaluate", "agpnet.run", "agpnet.predict", "agpnet.progress",
-          "agpnet.records")
+ENGINE = ("agpnet.runtime", "agpnet.train", "agpnet.evaluate", "agpnet.run", "agpnet.predict", "agpnet.submission",
+          "agpnet.progress", "agpnet.records")
 SUITE = ("agpnet.sweep", "agpnet.tables", "agpnet.published", "agpnet.plots", "agpnet.report", "agpnet.viewer",
          "agpnet.runfinder")
 

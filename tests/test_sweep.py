@@ -246,6 +246,10 @@ def test_benchmark_sweep_files_are_valid(tmp_path):
         "visa_multiclass": 1,
         "visa_oneclass": 12,
         "mvtec3d_multiclass": 1,
+        "realiad_multiclass": 1,
+        "mvtec2_multiclass": 1,
+        "btad_multiclass": 1,
+        "mpdd_multiclass": 1,
     }
     files = sorted((REPO / "sweeps").glob("*.yaml"))
     assert {f.stem for f in files} >= {*expected, "demo", "ablations"}

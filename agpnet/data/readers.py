@@ -11,6 +11,11 @@ Layouts (see docs/datasets.md):
 - visa:    the raw release (<root>/split_csv/1cls.csv, paths relative to <root>) or VisA already
            converted to the MVTec-AD layout (chosen automatically: the csv wins when present)
 - mvtec3d: <root>/<category>/train/good/rgb/*, test/<defect>/rgb/*, test/<defect>/gt/* (validation/ unused)
+- mvtec2:  MVTec AD 2: <root>/<category>/train/good/*, test_public/{good,bad}/*,
+           test_public/ground_truth/bad/<stem>_mask.png (validation/, test_private*/ not read here)
+- realiad: Real-IAD: images in <root>/realiad_<resolution>/<category>/, the split in
+           <root>/realiad_jsons/<split>/<category>.json (options realiad_resolution, realiad_split)
+- btad:    BTAD: <root>/<01|02|03>/train/ok/*, test/{ok,ko}/*, ground_truth/ko/<stem>.{png,bmp}
 - folder:  <root>/train/good/* (normal training images), <root>/test/good/*, <root>/test/<defect>/*,
            optional masks in <root>/ground_truth/ or <root>/masks/ (by stem, "_mask" suffix allowed,
            optionally inside a <defect>/ subfolder). The category is the root folder's name.
@@ -18,6 +23,7 @@ Layouts (see docs/datasets.md):
 """
 
 import csv
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,29 +39,34 @@ MASK_DIR_NAMES = ("ground_truth", "masks")
 @dataclass(frozen=True)
 class Reader:
     """One dataset layout: `categories(root)` -> sorted names (empty: not this layout),
-    `read(root, category)` -> (train, test) samples, and the layout in words for error messages."""
+    `read(root, category)` -> (train, test) samples, and the layout in words for error messages.
+    `options`: the DataConfig fields the reader takes as keyword arguments of both functions
+    (e.g. realiad_resolution); a reader without options takes none."""
 
-    categories: Callable[[Path], list[str]]
-    read: Callable[[Path, str], tuple[list[Sample], list[Sample]]]
+    categories: Callable[..., list[str]]
+    read: Callable[..., tuple[list[Sample], list[Sample]]]
     layout: str
+    options: tuple[str, ...] = ()
 
 
-def list_categories(dataset: str, root: str | os.PathLike) -> list[str]:
-    """Sorted category names of the dataset at `root`."""
+def list_categories(dataset: str, root: str | os.PathLike, options: Mapping[str, object] | None = None) -> list[str]:
+    """Sorted category names of the dataset at `root`. `options`: {DataConfig field: value}; the
+    reader takes the ones it names in Reader.options and ignores the others."""
     reader, root = _reader(dataset, root)
-    categories = reader.categories(root)
+    categories = reader.categories(root, **_options(reader, options))
     if not categories:
         raise AgpnetError(f"{root}: layout not recognised; expected {reader.layout}")
     return categories
 
 
-def read_category(dataset: str, root: str | os.PathLike, category: str) -> tuple[list[Sample], list[Sample]]:
+def read_category(dataset: str, root: str | os.PathLike, category: str,
+                  options: Mapping[str, object] | None = None) -> tuple[list[Sample], list[Sample]]:
     """(train, test) samples of one category; train holds normal images only."""
-    available = list_categories(dataset, root)
+    available = list_categories(dataset, root, options)
     reader, root = _reader(dataset, root)
     if category not in available:
         raise AgpnetError(f"unknown category '{category}' in {root}; available: {', '.join(available)}")
-    return reader.read(root, category)
+    return reader.read(root, category, **_options(reader, options))
 
 
 def read_folder(
@@ -142,20 +153,41 @@ def _read_visa(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
 
 def _read_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     cat_dir = root / category
-    train = [Sample(p, category, 0, "good", None) for p in _images(cat_dir / "train" / "good", required=True)]
+    return _read_defect_folders(category, cat_dir / "train" / "good", _test_dir(cat_dir), cat_dir / "ground_truth")
+
+
+def _read_mvtec2(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    """MVTec AD 2: evaluation on test_public (the only test set with masks); validation/good is for
+    threshold selection (agpnet.submission) and test_private* have no labels, so neither is read."""
+    test_dir = _existing_dir(root / category / "test_public", "public test images: good/, bad/, ground_truth/bad/")
+    return _read_defect_folders(category, root / category / "train" / "good", test_dir, test_dir / "ground_truth")
+
+
+def _read_btad(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
+    cat_dir = root / category
+    return _read_defect_folders(category, cat_dir / "train" / "ok", _test_dir(cat_dir), cat_dir / "ground_truth",
+                                good="ok", mask_name="{stem}.png or {stem}.bmp")
+
+
+def _read_defect_folders(category: str, train_dir: Path, test_dir: Path, mask_root: Path, good: str = "good",
+                         mask_name: str = "{stem}_mask.png") -> tuple[list[Sample], list[Sample]]:
+    """The MVTec-AD pattern: normal training images in `train_dir`; test images in `test_dir/<good>/`
+    and `test_dir/<defect>/`, each defective one with a mask in `mask_root/<defect>/` matched by
+    stem (`mask_name` says how in the error). A `mask_root` inside `test_dir` is not a defect."""
+    train = [Sample(p, category, 0, "good", None) for p in _images(train_dir, required=True)]
     test = []
-    for defect_dir in _subdirs(_test_dir(cat_dir)):
+    for defect_dir in _subdirs(test_dir):
         defect = defect_dir.name
-        if defect == "good":
+        if defect_dir == mask_root:
+            continue
+        if defect == good:
             test += [Sample(p, category, 0, "good", None) for p in _images(defect_dir)]
             continue
-        mask_dir = cat_dir / "ground_truth" / defect
-        masks = _mask_index(mask_dir)
+        masks = _mask_index(mask_root / defect)
         for image in _images(defect_dir):
             if image.stem not in masks:
-                raise AgpnetError(
-                    f"{image}: defective test image has no mask (expected {mask_dir / (image.stem + '_mask.png')})"
-                )
+                expected = mask_root / defect / mask_name.format(stem=image.stem)
+                raise AgpnetError(f"{image}: defective test image has no mask (expected {expected})")
             test.append(Sample(image, category, 1, defect, masks[image.stem]))
     _check_images(train + test)
     return train, test
@@ -258,6 +290,59 @@ def _read_visa_csv(root: Path, category: str) -> tuple[list[Sample], list[Sample
     return train, test
 
 
+def _realiad_categories(root: Path, realiad_resolution: str = "1024", realiad_split: str = "realiad_jsons") -> list[str]:
+    """The category folders of the chosen resolution (each needs its <category>.json in the split)."""
+    image_root = root / f"realiad_{realiad_resolution}"
+    return [d.name for d in _subdirs(image_root)] if image_root.is_dir() else []
+
+
+def _read_realiad(root: Path, category: str, realiad_resolution: str = "1024",
+                  realiad_split: str = "realiad_jsons") -> tuple[list[Sample], list[Sample]]:
+    """Real-IAD from its official split file: `train` and `test` lists of entries with image_path,
+    anomaly_class ("OK" = normal, else the defect code) and mask_path, relative to the category's
+    image folder. Listing stats each file; image headers are opened as for every layout."""
+    image_dir = root / f"realiad_{realiad_resolution}" / category
+    split_dir = root / "realiad_jsons" / realiad_split
+    split_file = split_dir / f"{category}.json"
+    if not split_file.is_file():
+        found = [d.name for d in _subdirs(split_dir.parent)] if split_dir.parent.is_dir() else []
+        raise AgpnetError(f"{split_file}: Real-IAD split file not found (expected <root>/realiad_jsons/"
+                          f"{realiad_split}/{category}.json; split folders found: {', '.join(found) or 'none'})")
+    try:
+        lists = json.loads(split_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise AgpnetError(f"{split_file}: not a readable JSON file ({' '.join(str(err).split())}); expected "
+                          "the Real-IAD split file") from None
+    if not (isinstance(lists, dict) and all(isinstance(lists.get(part), list) for part in ("train", "test"))):
+        raise AgpnetError(f"{split_file}: expected a JSON object with 'train' and 'test' lists (Real-IAD split file)")
+    samples = {"train": [], "test": []}
+    for part, entries in ((part, lists[part]) for part in samples):
+        for n, entry in enumerate(entries):
+            where = f"{split_file} {part}[{n}]"
+            if not (isinstance(entry, dict) and isinstance(entry.get("image_path"), str)
+                    and isinstance(entry.get("anomaly_class"), str)):
+                raise AgpnetError(f"{where}: expected an entry with image_path and anomaly_class strings")
+            image = image_dir / entry["image_path"]
+            if not image.is_file():
+                raise AgpnetError(f"{image}: image listed in {where} not found (expected a file)")
+            if entry["anomaly_class"] == "OK":
+                samples[part].append(Sample(image, category, 0, "good", None))
+                continue
+            if part == "train":
+                raise AgpnetError(f"{where}: anomaly class '{entry['anomaly_class']}' in the train split "
+                                  "(expected only OK images)")
+            mask = image_dir / entry["mask_path"] if isinstance(entry.get("mask_path"), str) else None
+            if mask is None or not mask.is_file():
+                raise AgpnetError(f"{image}: defective test image has no mask (expected {mask or 'a mask_path'} "
+                                  f"from {where})")
+            samples[part].append(Sample(image, category, 1, entry["anomaly_class"], mask))
+    train, test = (sorted(samples[part], key=lambda s: str(s.image)) for part in ("train", "test"))
+    if not train:
+        raise AgpnetError(f"{split_file}: category '{category}' has no training images (expected OK entries in train)")
+    _check_images(train + test)
+    return train, test
+
+
 # --- files -----------------------------------------------------------------------------------
 
 
@@ -268,6 +353,11 @@ def _reader(dataset: str, root: str | os.PathLike) -> tuple[Reader, Path]:
     if not root.is_dir():
         raise AgpnetError(f"{root}: dataset root not found (expected a folder: {reader.layout})")
     return reader, root
+
+
+def _options(reader: Reader, options: Mapping[str, object] | None) -> dict[str, object]:
+    """The reader's own options out of `options` (missing ones take the reader's defaults)."""
+    return {name: value for name, value in (options or {}).items() if name in reader.options}
 
 
 def _existing_dir(path: str | os.PathLike, what: str) -> Path:
@@ -334,5 +424,11 @@ READERS: dict[str, Reader] = {
                       "<root>/<category>/train/good/rgb/ (MVTec-3D AD layout)"),
     "folder": Reader(_folder_categories, _read_folder_layout,
                      "<root>/train/good/ with test/good/ and test/<defect>/ (folder layout)"),
+    "mvtec2": Reader(_mvtec_categories, _read_mvtec2,
+                     "<root>/<category>/train/good/ and test_public/ (MVTec AD 2 layout)"),
+    "realiad": Reader(_realiad_categories, _read_realiad,
+                      "<root>/realiad_<realiad_resolution>/<category>/ with <root>/realiad_jsons/<realiad_split>/"
+                      "<category>.json (Real-IAD layout)", options=("realiad_resolution", "realiad_split")),
+    "btad": Reader(_categories_with("train", "ok"), _read_btad, "<root>/<01|02|03>/train/ok/ (BTAD layout)"),
 }
 DATASETS = tuple(READERS)

@@ -11,6 +11,7 @@
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 from agpnet.data.readers import list_categories, read_category
@@ -25,11 +26,14 @@ def load_split(
     category: str | None = None,
     shots: int | None = None,
     seed: int = 0,
+    options: Mapping[str, object] | None = None,
 ) -> Split:
     """Read `dataset` at `root` and build the split for `setting` (see the module docstring).
 
     `category`: one name (one-class; may be omitted when the dataset has a single category) or a
     comma-separated subset (multi-class, few-shot); None means all. `shots`: k, few-shot only.
+    `options`: per-dataset reader options {DataConfig field: value} (DataConfig.reader_options(),
+    e.g. realiad_resolution); a dataset's reader takes the ones it names and ignores the others.
     """
     if setting not in SETTINGS:
         raise AgpnetError(f"unknown setting '{setting}' (expected one of {', '.join(SETTINGS)})")
@@ -39,11 +43,11 @@ def load_split(
         raise AgpnetError(
             f"few-shot setting: shots={shots} (expected a number of images k >= 1, e.g. 1, 2, 4, 8)"
         )
-    available = list_categories(dataset, root)
+    available = list_categories(dataset, root, options)
     categories = _choose_categories(setting, category, available, root)
     train, test, few_shot_files = [], [], None
     for name in categories:
-        cat_train, cat_test = read_category(dataset, root, name)
+        cat_train, cat_test = read_category(dataset, root, name, options)
         if setting == "few-shot":
             cat_train = _draw_shots(cat_train, int(shots), f"{seed}/{name}")
             few_shot_files = few_shot_files or {}
