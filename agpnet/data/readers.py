@@ -430,5 +430,7 @@ READERS: dict[str, Reader] = {
                       "<root>/realiad_<realiad_resolution>/<category>/ with <root>/realiad_jsons/<realiad_split>/"
                       "<category>.json (Real-IAD layout)", options=("realiad_resolution", "realiad_split")),
     "btad": Reader(_categories_with("train", "ok"), _read_btad, "<root>/<01|02|03>/train/ok/ (BTAD layout)"),
+    # MPDD is released in the MVTec-AD layout; its own name keys its tables and published rows.
+    "mpdd": Reader(_mvtec_categories, _read_mvtec, "<root>/<category>/train/good/ (MPDD, MVTec-AD layout)"),
 }
 DATASETS = tuple(READERS)
