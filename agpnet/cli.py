@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a field for every cell (repeatable), e.g. --set epochs=1")
     sw.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
     sw.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    sw.add_argument("--rerun-changed", action="store_true",
+                    help="run done cells again whose fields changed (their old record is kept as record.previous.json)")
     sw.set_defaults(handler=_cmd_sweep)
 
     rp = commands.add_parser("report", help="HTML report (tables, attention, ablations) over a folder of runs")
@@ -186,7 +188,7 @@ def _cmd_sweep(args) -> int:
             raise AgpnetError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=1")
         overrides[key.strip()] = parse_yaml_value(value, f"--set {key.strip()}")
     summary = run_sweep(args.sweep_file, out=args.out, overrides=overrides, dry_run=args.dry_run,
-                        retry_failed=args.retry_failed)
+                        retry_failed=args.retry_failed, rerun_changed=args.rerun_changed)
     return 1 if summary.get("failed") else 0
 
 

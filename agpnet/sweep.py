@@ -31,13 +31,25 @@ same sweep file gives the same names. A cell runs the notebook with papermill in
 declares in its `parameters` cell are passed directly, the others in its `config` dict
 parameter; `out_dir` is the cell's folder.
 
-Resuming: a cell whose record.json has status "complete" is done and never runs again. A cell
-that fails (an exception in the notebook, or no complete record at the end) gets error.json
-(message and traceback) and the sweep goes on; it runs again only with `retry_failed`. A
-sweep killed at any point (Ctrl-C, SIGKILL) and started again re-runs only the cell that was
-running. Changing `base` or the overrides does not re-run done cells: use a new `out` folder.
-`<out>/sweep.json` lists the cells, their fields and statuses (atomic); `<out>/.sweep.lock`
-keeps two sweeps from running in the same folder at once.
+Resuming: a cell is done when its folder holds a record.json with status "complete" AND its
+executed notebook (a sweep killed between the two leaves the cell not done); a done cell never
+runs again. A cell that fails (an exception in the notebook, or no complete record at the end)
+gets error.json (message and traceback) and the sweep goes on; it runs again only with
+`retry_failed`. A sweep killed at any point (Ctrl-C, SIGKILL) and started again re-runs only
+the cell that was running. When a cell runs again in a folder that holds a record.json, that
+record is kept as `record.previous.json` and everything else of the old run is removed first.
+
+Changed cells: a done cell whose record was made with other fields than the sweep now gives
+it (`base` or `--set` changed) is "changed". Fields are compared as RunConfig values (the
+record's `config` against `RunConfig.from_flat(notebook defaults + cell fields)`), so defaults
+and spellings compare equal; RUNTIME_FIELDS (out_dir, device, num_workers, checkpoint_every,
+compile, compile_mode) do not change a result and are not compared. Cells whose fields are not
+RunConfig fields (another notebook) are not compared. A sweep with changed cells refuses to
+start, with one line naming them and their fields; `rerun_changed` (--rerun-changed) runs them
+again. `<out>/sweep.json` lists the cells, their statuses and fields (atomic): for a done or
+changed cell the fields as its record holds them, so it never shows fields that did not
+produce the record beside it. `<out>/.sweep.lock` keeps two sweeps from running in the same
+folder at once.
 """
 
 import itertools
@@ -45,6 +57,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import traceback
 from dataclasses import dataclass
@@ -59,7 +72,10 @@ from agpnet.yamlfile import read_yaml_mapping
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 SWEEP_KEYS = ("notebook", "out", "description", "base", "grid", "cells")
 KERNEL = "python3"
-DONE, FAILED, PENDING = "done", "failed", "pending"
+DONE, FAILED, PENDING, CHANGED = "done", "failed", "pending", "changed"
+STATUSES = (DONE, CHANGED, FAILED, PENDING)
+RUNTIME_FIELDS = ("out_dir", "device", "num_workers", "checkpoint_every", "compile", "compile_mode")
+PREVIOUS_RECORD = "record.previous.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 log = logging.getLogger(__name__)
 
@@ -148,99 +164,170 @@ def cell_name(own: dict) -> str:
     return name
 
 
-def cell_status(cell_dir: Path) -> str:
-    """"done" (record.json with status complete), "failed" (error.json) or "pending"."""
-    record = cell_dir / "record.json"
-    if record.is_file():
-        try:
-            if json.loads(record.read_text(encoding="utf-8")).get("status") == "complete":
-                return DONE
-        except (ValueError, OSError, AttributeError):
-            pass
+def cell_status(cell_dir: Path, notebook_name: str) -> str:
+    """"done" (a complete record.json and the executed notebook `notebook_name`), "failed"
+    (error.json) or "pending"."""
+    if complete_record(cell_dir) is not None and (cell_dir / notebook_name).is_file():
+        return DONE
     return FAILED if (cell_dir / "error.json").is_file() else PENDING
 
 
+def complete_record(cell_dir: Path) -> dict | None:
+    """The cell's record.json when its status is "complete", else None."""
+    try:
+        record = json.loads((cell_dir / "record.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "complete" else None
+
+
+def changed_fields(params: dict, record: dict, defaults: dict) -> dict | None:
+    """{field: [recorded, new]} for the fields (not RUNTIME_FIELDS) where a done cell's record differs
+    from `params` as the notebook runs them (its `defaults`, then `params`); None when `params` are
+    not RunConfig fields (a notebook other than train_eval: nothing to compare)."""
+    from agpnet.config import RunConfig
+
+    try:
+        new = RunConfig.from_flat({**defaults, **params}).to_flat()
+    except AgpnetError:
+        return None
+    try:
+        old = RunConfig.from_dict(record["config"]).to_flat()
+    except (AgpnetError, KeyError, TypeError, AttributeError) as err:
+        return {"config": [f"unreadable ({err})", "the sweep's"]}
+    return {k: [old[k], new[k]] for k in new if k not in RUNTIME_FIELDS and old[k] != new[k]}
+
+
+def _survey(sweep: "Sweep", defaults: dict) -> tuple[dict, dict, dict]:
+    """Each cell's status (CHANGED for a done cell with changed fields), the fields to list for it in
+    sweep.json (a done cell's as recorded) and its changed fields."""
+    from agpnet.config import RunConfig
+
+    statuses, listed, changes = {}, {}, {}
+    for cell in sweep.cells:
+        cell_dir = sweep.out / cell.name
+        statuses[cell.name], listed[cell.name] = cell_status(cell_dir, sweep.notebook.name), cell.params
+        if statuses[cell.name] != DONE:
+            continue
+        record = complete_record(cell_dir)
+        changed = changed_fields(cell.params, record, defaults)
+        if changed:
+            statuses[cell.name], changes[cell.name] = CHANGED, changed
+        elif changed is not None:
+            recorded = RunConfig.from_dict(record["config"]).to_flat()
+            listed[cell.name] = {k: recorded[k.replace("-", "_")] for k in cell.params}
+    return statuses, listed, changes
+
+
 def run_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: dict | None = None,
-              dry_run: bool = False, retry_failed: bool = False, progress: bool = True) -> dict:
+              dry_run: bool = False, retry_failed: bool = False, rerun_changed: bool = False,
+              progress: bool = True) -> dict:
     """Run every cell of a sweep that is not done (see module docstring).
 
-    Returns {"out", "sweep_json", "cells": [{name, status, dir, params}], "done", "failed",
-    "pending" (counts after this call), "ran": [names run now]}. `dry_run` prints the cells
-    and their statuses and runs nothing."""
+    Returns {"out", "sweep_json", "cells": [{name, status, dir, params}], "done", "changed",
+    "failed", "pending" (counts after this call), "ran": [names run now]}. `dry_run` prints the
+    cells and their statuses and runs nothing. Changed cells stop the sweep before anything runs
+    (AgpnetError) unless `rerun_changed`."""
     sweep = load_sweep(sweep_file, out, overrides)
     if sweep.notebook == (NOTEBOOKS_DIR / "train_eval.ipynb").resolve():
         _check_fields(sweep)
-    statuses = {cell.name: cell_status(sweep.out / cell.name) for cell in sweep.cells}
+    declared = _declared_parameters(sweep.notebook)
+    statuses, listed, changes = _survey(sweep, _config_defaults(declared))
     if dry_run:
-        _print_cells(sweep, statuses)
-        return _summary(sweep, statuses, ran=[])
+        _print_cells(sweep, statuses, changes)
+        return _summary(sweep, statuses, listed, ran=[])
+    if changes and not rerun_changed:
+        raise AgpnetError(_changed_message(sweep, changes))
 
     from tqdm.auto import tqdm
 
     sweep.out.mkdir(parents=True, exist_ok=True)
     lock = _lock(sweep.out)
-    declared = _declared_parameters(sweep.notebook)
     counts = _counts(statuses)
-    log.info("sweep %s: %d cells (%d done, %d failed, %d pending) in %s", sweep.path, len(sweep.cells),
-             counts[DONE], counts[FAILED], counts[PENDING], sweep.out)
+    log.info("sweep %s: %d cells (%s) in %s", sweep.path, len(sweep.cells),
+             ", ".join(f"{counts[s]} {s}" for s in STATUSES), sweep.out)
     ran = []
     bar = tqdm(total=len(sweep.cells), desc=f"sweep {sweep.path.stem}", unit="cell", disable=not progress,
                position=0)
     try:
-        _write_sweep_json(sweep, statuses)
+        _write_sweep_json(sweep, statuses, listed)
         for cell in sweep.cells:
             _show_progress(bar, statuses)
             if statuses[cell.name] == DONE or (statuses[cell.name] == FAILED and not retry_failed):
                 continue
             ran.append(cell.name)
             statuses[cell.name] = _run_cell(sweep, cell, declared, progress)
-            _write_sweep_json(sweep, statuses)
+            listed[cell.name] = cell.params
+            _write_sweep_json(sweep, statuses, listed)
         _show_progress(bar, statuses)
     finally:
         bar.close()
         lock.close()
-    return _summary(sweep, statuses, ran)
+    return _summary(sweep, statuses, listed, ran)
 
 
 def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> str:
-    """Execute the notebook for one cell; returns its new status."""
+    """Execute one cell here, with its training bar under the sweep's; returns its new status."""
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_training, args=(sweep.out / cell.name, cell.name, stop), daemon=True)
+    try:
+        return execute_cell(sweep.notebook, sweep.out / cell.name, cell, declared,
+                            on_start=follower.start if progress else None)
+    finally:
+        stop.set()
+        if follower.is_alive():
+            follower.join()
+
+
+def execute_cell(notebook: Path, cell_dir: Path, cell: Cell, declared: set[str], on_start=None) -> str:
+    """Run the notebook with papermill for one cell into `cell_dir`: the executed notebook, and
+    error.json when it fails; returns the cell's new status (DONE or FAILED). `on_start()` is
+    called once the folder is ready. A KeyboardInterrupt in the notebook is raised again (the
+    cell stays pending)."""
     import papermill
 
-    cell_dir = sweep.out / cell.name
     cell_dir.mkdir(parents=True, exist_ok=True)
+    final = cell_dir / notebook.name
+    partial = cell_dir / f".partial.{notebook.name}"
+    _clear_old_run(cell_dir, final)
     parameters = notebook_parameters(cell.params, declared, str(cell_dir))
-    final = cell_dir / sweep.notebook.name
-    partial = cell_dir / f".partial.{sweep.notebook.name}"
-    (cell_dir / PROGRESS_NAME).unlink(missing_ok=True)  # an earlier attempt's
-    stop = threading.Event()
-    follower = threading.Thread(target=follow_training, args=(cell_dir, cell.name, stop), daemon=True)
-    if progress:
-        follower.start()
+    if on_start is not None:
+        on_start()
     try:
-        papermill.execute_notebook(str(sweep.notebook), str(partial), parameters=parameters, kernel_name=KERNEL,
+        papermill.execute_notebook(str(notebook), str(partial), parameters=parameters, kernel_name=KERNEL,
                                    progress_bar=False, log_output=False)
     except papermill.PapermillExecutionError as err:
         _keep_notebook(partial, final)
         if err.ename == "KeyboardInterrupt":  # interrupted, not failed: the cell stays pending
             raise KeyboardInterrupt from None
-        _write_error(cell_dir, cell, final, f"{err.ename}: {err.evalue}", err.traceback,
-                     {"cell_index": err.cell_index, "exec_count": err.exec_count})
+        write_error(cell_dir, cell, final, f"{err.ename}: {err.evalue}", err.traceback,
+                    {"cell_index": err.cell_index, "exec_count": err.exec_count})
         return FAILED
     except Exception as err:  # the kernel died, did not start, ...: record it, go on with the next cell
         _keep_notebook(partial, final)
-        _write_error(cell_dir, cell, final, f"{type(err).__name__}: {err}", traceback.format_exc().splitlines(), {})
+        write_error(cell_dir, cell, final, f"{type(err).__name__}: {err}", traceback.format_exc().splitlines(), {})
         return FAILED
-    finally:
-        stop.set()
-        if follower.is_alive():
-            follower.join()
     _keep_notebook(partial, final)
-    if cell_status(cell_dir) != DONE:
-        _write_error(cell_dir, cell, final, f"the notebook finished without writing a complete {cell_dir}/record.json",
-                     [], {})
+    if cell_status(cell_dir, notebook.name) != DONE:
+        write_error(cell_dir, cell, final, f"the notebook finished without writing a complete {cell_dir}/record.json",
+                    [], {})
         return FAILED
     (cell_dir / "error.json").unlink(missing_ok=True)
     return DONE
+
+
+def _clear_old_run(cell_dir: Path, final: Path) -> None:
+    """Before a cell runs: nothing of an earlier run may pass for the new one's. A record.json (a
+    changed cell's, or one whose notebook never made it) is kept as record.previous.json and the
+    rest of that run is removed; else an executed notebook of an earlier failed attempt is removed
+    (error.json stays until the cell succeeds)."""
+    if (cell_dir / "record.json").exists():
+        os.replace(cell_dir / "record.json", cell_dir / PREVIOUS_RECORD)
+        for child in cell_dir.iterdir():
+            if child.name != PREVIOUS_RECORD:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    final.unlink(missing_ok=True)
+    (cell_dir / PROGRESS_NAME).unlink(missing_ok=True)
 
 
 def notebook_parameters(params: dict, declared: set[str], out_dir: str) -> dict:
@@ -262,13 +349,32 @@ def notebook_parameters(params: dict, declared: set[str], out_dir: str) -> dict:
     return direct
 
 
-def _declared_parameters(notebook: Path) -> set[str]:
+def _declared_parameters(notebook: Path) -> dict:
+    """The notebook's `parameters` cell: {name: default value as source text}."""
     import papermill
 
     try:
-        return set(papermill.inspect_notebook(str(notebook)))
+        return {name: info["default"] for name, info in papermill.inspect_notebook(str(notebook)).items()}
     except Exception as err:
         raise AgpnetError(f"{notebook}: cannot read its parameters ({err})") from None
+
+
+def _config_defaults(declared: dict) -> dict:
+    """The notebook's own values of config fields (literal, not None: None means the config default)."""
+    import ast
+
+    from agpnet.config import flat_fields
+
+    defaults = {}
+    for name, source in declared.items():
+        if name in flat_fields() and name != "out_dir":
+            try:
+                value = ast.literal_eval(source)
+            except (ValueError, SyntaxError):
+                continue
+            if value is not None:
+                defaults[name] = value
+    return defaults
 
 
 def _check_fields(sweep: Sweep) -> None:
@@ -282,7 +388,8 @@ def _check_fields(sweep: Sweep) -> None:
             raise AgpnetError(f"{sweep.path}: cell {cell.name}: {err}") from None
 
 
-def _write_error(cell_dir: Path, cell: Cell, notebook: Path, message: str, trace: list[str], where: dict) -> None:
+def write_error(cell_dir: Path, cell: Cell, notebook: Path, message: str, trace: list[str], where: dict) -> None:
+    """error.json in the cell's folder: one-line message, traceback, where it failed."""
     message = " ".join(_ANSI.sub("", message).split())
     log.warning("sweep cell %s failed: %s (details: %s)", cell.name, message, cell_dir / "error.json")
     write_json(cell_dir / "error.json", {
@@ -301,23 +408,23 @@ def _keep_notebook(partial: Path, final: Path) -> None:
         os.replace(partial, final)
 
 
-def _write_sweep_json(sweep: Sweep, statuses: dict) -> None:
+def _write_sweep_json(sweep: Sweep, statuses: dict, listed: dict) -> None:
     write_json(sweep.out / "sweep.json", {
         "sweep_file": str(sweep.path.resolve()),
         "notebook": str(sweep.notebook),
         "out": str(sweep.out),
         "updated": timestamp(),
         "counts": _counts(statuses),
-        "cells": [{"name": c.name, "status": statuses[c.name], "params": c.params} for c in sweep.cells],
+        "cells": [{"name": c.name, "status": statuses[c.name], "params": listed[c.name]} for c in sweep.cells],
     })
 
 
-def _summary(sweep: Sweep, statuses: dict, ran: list[str]) -> dict:
+def _summary(sweep: Sweep, statuses: dict, listed: dict, ran: list[str]) -> dict:
     return {
         "out": str(sweep.out),
         "sweep_json": str(sweep.out / "sweep.json"),
-        "cells": [{"name": c.name, "status": statuses[c.name], "dir": str(sweep.out / c.name), "params": c.params}
-                  for c in sweep.cells],
+        "cells": [{"name": c.name, "status": statuses[c.name], "dir": str(sweep.out / c.name),
+                   "params": listed[c.name]} for c in sweep.cells],
         **_counts(statuses),
         "ran": ran,
     }
@@ -325,7 +432,16 @@ def _summary(sweep: Sweep, statuses: dict, ran: list[str]) -> dict:
 
 def _counts(statuses: dict) -> dict:
     values = list(statuses.values())
-    return {status: values.count(status) for status in (DONE, FAILED, PENDING)}
+    return {status: values.count(status) for status in STATUSES}
+
+
+def _changed_message(sweep: Sweep, changes: dict) -> str:
+    shown = [f"{name} ({', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in fields.items())})"
+             for name, fields in list(changes.items())[:3]]
+    more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+    return (f"{sweep.out}: {len(changes)} done cell(s) ran with other fields than the sweep gives them now: "
+            f"{'; '.join(shown)}{more}. Give a new --out to keep both, or add --rerun-changed to run them "
+            f"again (each old record is kept as <cell>/{PREVIOUS_RECORD})")
 
 
 def follow_training(run_dir: Path, name: str, stop: threading.Event, file=None, every_s: float = 1.0) -> None:
@@ -353,19 +469,20 @@ def follow_training(run_dir: Path, name: str, stop: threading.Event, file=None, 
                 continue
 
 
-def _print_cells(sweep: Sweep, statuses: dict) -> None:
+def _print_cells(sweep: Sweep, statuses: dict, changes: dict) -> None:
     width = max(len(c.name) for c in sweep.cells)
     print(f"sweep {sweep.path}: {len(sweep.cells)} cells -> {sweep.out}  (notebook {sweep.notebook})")
     for cell in sweep.cells:
-        print(f"  {statuses[cell.name]:<8} {cell.name:<{width}}")
+        fields = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.get(cell.name, {}).items())
+        print(f"  {statuses[cell.name]:<8} {cell.name:<{width}}{'  ' + fields if fields else ''}")
     counts = _counts(statuses)
-    print(f"{counts[DONE]} done, {counts[FAILED]} failed, {counts[PENDING]} pending")
+    print(", ".join(f"{counts[s]} {s}" for s in STATUSES))
 
 
 def _show_progress(bar, statuses: dict) -> None:
     counts = _counts(statuses)
     bar.n = counts[DONE] + counts[FAILED]
-    bar.set_postfix(done=counts[DONE], failed=counts[FAILED], left=counts[PENDING], refresh=True)
+    bar.set_postfix(done=counts[DONE], failed=counts[FAILED], left=counts[PENDING] + counts[CHANGED], refresh=True)
 
 
 def _lock(out: Path):
