@@ -52,6 +52,8 @@ produce the record beside it. `<out>/.sweep.lock` keeps two sweeps from running 
 folder at once.
 """
 
+import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -70,7 +72,7 @@ from agpnet.progress import PROGRESS_NAME, read_progress
 from agpnet.yamlfile import read_yaml_mapping
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-SWEEP_KEYS = ("notebook", "out", "description", "base", "grid", "cells")
+SWEEP_KEYS = ("notebook", "out", "description", "base", "grid", "cells", "executor")
 KERNEL = "python3"
 DONE, FAILED, PENDING, CHANGED = "done", "failed", "pending", "changed"
 STATUSES = (DONE, CHANGED, FAILED, PENDING)
@@ -88,11 +90,27 @@ class Cell:
 
 
 @dataclass
+class Executor:
+    """Where the cells run: the sweep file's `executor:` section, `agpnet sweep --executor ...` flags win."""
+
+    kind: str = "local"  # "local": one after another in this process; "ray": Ray tasks (agpnet.sweep_ray)
+    address: str | None = None  # ray: "auto" or HOST:PORT of a running cluster; None: a local Ray instance
+    gpus_per_cell: float | None = None  # ray: GPUs per cell (0.25 packs 4 on a GPU); None: 1 if there are GPUs, else 0
+    cpus_per_cell: int | None = None  # CPUs per cell = its torch threads; None: torch's default (local), 1 (ray)
+    max_concurrent: int | None = None  # ray: cells at once; None: as many as the resources allow
+
+
+EXECUTORS = ("local", "ray")
+RAY_ONLY = ("address", "gpus_per_cell", "max_concurrent")
+
+
+@dataclass
 class Sweep:
     path: Path
     notebook: Path
     out: Path
     cells: list[Cell]
+    executor: Executor
 
 
 def package_notebook(name: str) -> Path:
@@ -103,8 +121,10 @@ def package_notebook(name: str) -> Path:
     return path
 
 
-def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: dict | None = None) -> Sweep:
-    """Parse and check a sweep file; the cells with their names and fields."""
+def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: dict | None = None,
+               executor: dict | None = None) -> Sweep:
+    """Parse and check a sweep file; the cells with their names and fields. `executor`: Executor
+    fields given on the command line (None values are not given)."""
     path = Path(sweep_file)
     spec = read_yaml_mapping(path, "sweep file", f"a mapping with keys {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
@@ -152,7 +172,42 @@ def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides:
     notebook = (path.parent / notebook) if notebook else package_notebook("train_eval.ipynb")
     if not notebook.is_file():
         raise AgpnetError(f"{path}: notebook {notebook} not found")
-    return Sweep(path=path, notebook=notebook.resolve(), out=Path(out).resolve(), cells=cells)
+    return Sweep(path=path, notebook=notebook.resolve(), out=Path(out).resolve(), cells=cells,
+                 executor=resolve_executor(path, spec.get("executor"), executor or {}))
+
+
+def resolve_executor(path: Path, section, given: dict) -> Executor:
+    """The Executor from the sweep file's `executor:` section and the command line's flags (which
+    win; a different --executor drops the file's section). Bad values raise AgpnetError."""
+    _expect(section is None or isinstance(section, dict), path,
+            f"`executor` must be a mapping with keys {', '.join(Executor.__dataclass_fields__)}")
+    section = dict(section or {})
+    unknown = sorted(set(section) - set(Executor.__dataclass_fields__))
+    _expect(not unknown, path, f"executor: unknown key(s) {', '.join(map(str, unknown))}; "
+                               f"expected {', '.join(Executor.__dataclass_fields__)}")
+    given = {k: v for k, v in given.items() if v is not None}
+    if given.get("kind", section.get("kind", "local")) != section.get("kind", "local"):
+        section = {}
+    sources = {**{k: f"{path}: executor.{k}" for k in section}, **{k: "--" + k.replace("_", "-") for k in given}}
+    sources["kind"] = "--executor" if "kind" in given else f"{path}: executor.kind"
+    values = {**section, **given}
+
+    def check(key: str, ok, expected: str) -> None:
+        if key in values and not ok(values[key]):
+            raise AgpnetError(f"{sources[key]}: got {values[key]!r}; expected {expected}")
+
+    number = (int, float)
+    check("kind", lambda v: v in EXECUTORS, " or ".join(EXECUTORS))
+    check("address", lambda v: isinstance(v, str) and v.strip(), "auto or HOST:PORT of a Ray cluster")
+    check("gpus_per_cell", lambda v: isinstance(v, number) and not isinstance(v, bool)
+          and 0 <= v == v and (v < 1 or float(v).is_integer()), "a number >= 0, a whole number above 1 (0.25 packs 4 cells on a GPU)")
+    for key in ("cpus_per_cell", "max_concurrent"):
+        check(key, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1")
+    if values.get("kind", "local") == "local":
+        for key in RAY_ONLY:
+            if key in values:
+                raise AgpnetError(f"{sources[key]}: only for the ray executor (--executor ray)")
+    return Executor(**values)
 
 
 def cell_name(own: dict) -> str:
@@ -165,11 +220,15 @@ def cell_name(own: dict) -> str:
 
 
 def cell_status(cell_dir: Path, notebook_name: str) -> str:
-    """"done" (a complete record.json and the executed notebook `notebook_name`), "failed"
-    (error.json) or "pending"."""
-    if complete_record(cell_dir) is not None and (cell_dir / notebook_name).is_file():
-        return DONE
-    return FAILED if (cell_dir / "error.json").is_file() else PENDING
+    """"failed" (error.json), "done" (a complete record.json and the executed notebook
+    `notebook_name`) or "pending"."""
+    if (cell_dir / "error.json").is_file():
+        return FAILED
+    return DONE if _finished(cell_dir, notebook_name) else PENDING
+
+
+def _finished(cell_dir: Path, notebook_name: str) -> bool:
+    return complete_record(cell_dir) is not None and (cell_dir / notebook_name).is_file()
 
 
 def complete_record(cell_dir: Path) -> dict | None:
@@ -221,14 +280,14 @@ def _survey(sweep: "Sweep", defaults: dict) -> tuple[dict, dict, dict]:
 
 def run_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: dict | None = None,
               dry_run: bool = False, retry_failed: bool = False, rerun_changed: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True, executor: dict | None = None) -> dict:
     """Run every cell of a sweep that is not done (see module docstring).
 
     Returns {"out", "sweep_json", "cells": [{name, status, dir, params}], "done", "changed",
     "failed", "pending" (counts after this call), "ran": [names run now]}. `dry_run` prints the
     cells and their statuses and runs nothing. Changed cells stop the sweep before anything runs
-    (AgpnetError) unless `rerun_changed`."""
-    sweep = load_sweep(sweep_file, out, overrides)
+    (AgpnetError) unless `rerun_changed`. `executor`: Executor fields (the command line's)."""
+    sweep = load_sweep(sweep_file, out, overrides, executor)
     if sweep.notebook == (NOTEBOOKS_DIR / "train_eval.ipynb").resolve():
         _check_fields(sweep)
     declared = _declared_parameters(sweep.notebook)
@@ -238,32 +297,40 @@ def run_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: 
         return _summary(sweep, statuses, listed, ran=[])
     if changes and not rerun_changed:
         raise AgpnetError(_changed_message(sweep, changes))
+    if sweep.executor.kind == "ray":
+        from agpnet import sweep_ray
+
+        sweep_ray.require_ray()
 
     from tqdm.auto import tqdm
 
     sweep.out.mkdir(parents=True, exist_ok=True)
     lock = _lock(sweep.out)
     counts = _counts(statuses)
-    log.info("sweep %s: %d cells (%s) in %s", sweep.path, len(sweep.cells),
-             ", ".join(f"{counts[s]} {s}" for s in STATUSES), sweep.out)
-    ran = []
+    log.info("sweep %s: %d cells (%s) in %s, %s executor", sweep.path, len(sweep.cells),
+             ", ".join(f"{counts[s]} {s}" for s in STATUSES), sweep.out, sweep.executor.kind)
+    to_run = [c for c in sweep.cells if statuses[c.name] in (PENDING, CHANGED)
+              or (statuses[c.name] == FAILED and retry_failed)]
     bar = tqdm(total=len(sweep.cells), desc=f"sweep {sweep.path.stem}", unit="cell", disable=not progress,
                position=0)
+
+    def finished(cell: Cell, status: str) -> None:
+        statuses[cell.name], listed[cell.name] = status, cell.params
+        _write_sweep_json(sweep, statuses, listed)
+        _show_progress(bar, statuses)
+
     try:
         _write_sweep_json(sweep, statuses, listed)
-        for cell in sweep.cells:
-            _show_progress(bar, statuses)
-            if statuses[cell.name] == DONE or (statuses[cell.name] == FAILED and not retry_failed):
-                continue
-            ran.append(cell.name)
-            statuses[cell.name] = _run_cell(sweep, cell, declared, progress)
-            listed[cell.name] = cell.params
-            _write_sweep_json(sweep, statuses, listed)
         _show_progress(bar, statuses)
+        if sweep.executor.kind == "ray":
+            sweep_ray.run_cells(sweep, to_run, declared, finished, progress)
+        else:
+            for cell in to_run:
+                finished(cell, _run_cell(sweep, cell, declared, progress))
     finally:
         bar.close()
         lock.close()
-    return _summary(sweep, statuses, listed, ran)
+    return _summary(sweep, statuses, listed, [c.name for c in to_run])
 
 
 def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> str:
@@ -271,7 +338,8 @@ def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> s
     stop = threading.Event()
     follower = threading.Thread(target=follow_training, args=(sweep.out / cell.name, cell.name, stop), daemon=True)
     try:
-        return execute_cell(sweep.notebook, sweep.out / cell.name, cell, declared,
+        env = {"AGPNET_EXECUTOR": "local", **threads_env(sweep.executor.cpus_per_cell)}
+        return execute_cell(sweep.notebook, sweep.out / cell.name, cell, declared, env=env,
                             on_start=follower.start if progress else None)
     finally:
         stop.set()
@@ -279,11 +347,13 @@ def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> s
             follower.join()
 
 
-def execute_cell(notebook: Path, cell_dir: Path, cell: Cell, declared: set[str], on_start=None) -> str:
+def execute_cell(notebook: Path, cell_dir: Path, cell: Cell, declared: dict, env: dict | None = None,
+                 error_fields: dict | None = None, on_start=None) -> str:
     """Run the notebook with papermill for one cell into `cell_dir`: the executed notebook, and
-    error.json when it fails; returns the cell's new status (DONE or FAILED). `on_start()` is
-    called once the folder is ready. A KeyboardInterrupt in the notebook is raised again (the
-    cell stays pending)."""
+    error.json (with `error_fields`) when it fails; returns the cell's new status (DONE or
+    FAILED). The kernel runs with the environment variables `env` added. `on_start()` is called
+    once the folder is ready. A KeyboardInterrupt in the notebook is raised again (the cell stays
+    pending: its notebook stays .partial)."""
     import papermill
 
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -291,29 +361,52 @@ def execute_cell(notebook: Path, cell_dir: Path, cell: Cell, declared: set[str],
     partial = cell_dir / f".partial.{notebook.name}"
     _clear_old_run(cell_dir, final)
     parameters = notebook_parameters(cell.params, declared, str(cell_dir))
+    error_fields = error_fields or {}
     if on_start is not None:
         on_start()
     try:
-        papermill.execute_notebook(str(notebook), str(partial), parameters=parameters, kernel_name=KERNEL,
-                                   progress_bar=False, log_output=False)
+        with _environment(env or {}):
+            papermill.execute_notebook(str(notebook), str(partial), parameters=parameters, kernel_name=KERNEL,
+                                       progress_bar=False, log_output=False)
     except papermill.PapermillExecutionError as err:
-        _keep_notebook(partial, final)
         if err.ename == "KeyboardInterrupt":  # interrupted, not failed: the cell stays pending
             raise KeyboardInterrupt from None
+        _keep_notebook(partial, final)
         write_error(cell_dir, cell, final, f"{err.ename}: {err.evalue}", err.traceback,
-                    {"cell_index": err.cell_index, "exec_count": err.exec_count})
+                    {"cell_index": err.cell_index, "exec_count": err.exec_count, **error_fields})
         return FAILED
     except Exception as err:  # the kernel died, did not start, ...: record it, go on with the next cell
         _keep_notebook(partial, final)
-        write_error(cell_dir, cell, final, f"{type(err).__name__}: {err}", traceback.format_exc().splitlines(), {})
+        write_error(cell_dir, cell, final, f"{type(err).__name__}: {err}", traceback.format_exc().splitlines(),
+                    error_fields)
         return FAILED
     _keep_notebook(partial, final)
-    if cell_status(cell_dir, notebook.name) != DONE:
+    if not _finished(cell_dir, notebook.name):
         write_error(cell_dir, cell, final, f"the notebook finished without writing a complete {cell_dir}/record.json",
-                    [], {})
+                    [], error_fields)
         return FAILED
     (cell_dir / "error.json").unlink(missing_ok=True)
     return DONE
+
+
+def threads_env(cpus: int | None) -> dict:
+    """Environment variables that give a kernel `cpus` torch CPU threads ({} for torch's default)."""
+    return {"OMP_NUM_THREADS": str(cpus), "MKL_NUM_THREADS": str(cpus)} if cpus else {}
+
+
+@contextlib.contextmanager
+def _environment(env: dict):
+    """These environment variables set (for the kernel papermill starts) and restored afterwards."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _clear_old_run(cell_dir: Path, final: Path) -> None:
@@ -414,6 +507,7 @@ def _write_sweep_json(sweep: Sweep, statuses: dict, listed: dict) -> None:
         "notebook": str(sweep.notebook),
         "out": str(sweep.out),
         "updated": timestamp(),
+        "executor": dataclasses.asdict(sweep.executor),
         "counts": _counts(statuses),
         "cells": [{"name": c.name, "status": statuses[c.name], "params": listed[c.name]} for c in sweep.cells],
     })
@@ -444,29 +538,50 @@ def _changed_message(sweep: Sweep, changes: dict) -> str:
             f"again (each old record is kept as <cell>/{PREVIOUS_RECORD})")
 
 
-def follow_training(run_dir: Path, name: str, stop: threading.Event, file=None, every_s: float = 1.0) -> None:
-    """Show the run's training (its progress.json) as a bar named `name` until `stop` is set;
-    the bar is redrawn when the progress file changes."""
-    from tqdm.auto import tqdm
+class TrainingBar:
+    """One progress line under the sweep's bar for a running cell, drawn from its run folder's
+    progress.json (epoch, loss, img/s); `where` (node, GPU) goes in its name."""
 
-    with tqdm(desc=name, unit="step", position=1, leave=False, file=file) as bar:
-        bar.set_postfix_str("starting the notebook")
-        shown = None
-        while not stop.wait(every_s):
-            live = read_progress(run_dir)
-            if live is None or live == shown:
-                continue
-            shown = live
-            try:
-                bar.total, bar.n = int(live["steps"]), int(live["step"])
-                if live["stage"] == "train" and live["loss"] is not None:
-                    bar.set_postfix_str(f"epoch {live['epoch']}/{live['epochs']}, loss {live['loss']:.4g}, "
-                                        f"{live['img_s']:.1f} img/s")
-                else:
-                    bar.set_postfix_str({"features": "computing the clean features", "train": "training",
+    def __init__(self, name: str, position: int = 1, file=None):
+        from tqdm.auto import tqdm
+
+        self.name = name
+        self.bar = tqdm(desc=name, unit="step", position=position, leave=False, file=file)
+        self.bar.set_postfix_str("starting the notebook")
+        self.shown = None
+
+    def show(self, run_dir: Path, where: str = "") -> None:
+        """Redraw when progress.json changed."""
+        desc = f"{self.name} [{where}]" if where else self.name
+        if desc != self.bar.desc:
+            self.bar.set_description_str(desc)
+        live = read_progress(run_dir)
+        if live is None or live == self.shown:
+            return
+        self.shown = live
+        try:
+            self.bar.total, self.bar.n = int(live["steps"]), int(live["step"])
+            if live["stage"] == "train" and live["loss"] is not None:
+                self.bar.set_postfix_str(f"epoch {live['epoch']}/{live['epochs']}, loss {live['loss']:.4g}, "
+                                         f"{live['img_s']:.1f} img/s")
+            else:
+                self.bar.set_postfix_str({"features": "computing the clean features", "train": "training",
                                           "trained": "evaluating"}.get(live["stage"], live["stage"]))
-            except (KeyError, TypeError, ValueError):  # not what training writes: show nothing of it
-                continue
+        except (KeyError, TypeError, ValueError):  # not what training writes: show nothing of it
+            return
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def follow_training(run_dir: Path, name: str, stop: threading.Event, file=None, every_s: float = 1.0) -> None:
+    """Show the run's training (its progress.json) as a bar named `name` until `stop` is set."""
+    bar = TrainingBar(name, file=file)
+    try:
+        while not stop.wait(every_s):
+            bar.show(run_dir)
+    finally:
+        bar.close()
 
 
 def _print_cells(sweep: Sweep, statuses: dict, changes: dict) -> None:
