@@ -31,6 +31,8 @@ BODY = textwrap.dedent("""
         raise ValueError(f"boom in cell {n}")
     write_json(Path(out_dir) / "record.json", {"status": "complete", "n": n, "config": config})
     time.sleep(config.get("sleep_after", 0))
+    if (Path(out_dir).parent / f"fail-after-{n}").exists():
+        raise ValueError(f"boom after the record of cell {n}")
 """)
 
 # A notebook whose record holds a RunConfig (as train_eval's does), without training: its own
@@ -376,3 +378,17 @@ def test_changed_fields_refuse_before_running_or_rerun_when_asked(tmp_path, caps
         assert json.loads((out / name / "record.previous.json").read_text())["config"]["train"]["epochs"] == 1
         assert listed()[name]["epochs"] == 3
     assert run_sweep(sweep_file, overrides={"epochs": 3}, progress=False)["ran"] == []
+
+
+def test_notebook_failing_after_its_record_is_failed_not_done(tmp_path):
+    require_kernel()
+    sweep_file = tiny_sweep(tmp_path, n_values=(1,))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fail-after-1").touch()
+    assert run_sweep(sweep_file, progress=False)["failed"] == 1
+    assert (out / "n-1" / "record.json").is_file() and (out / "n-1" / "tiny.ipynb").is_file()
+    assert run_sweep(sweep_file, progress=False)["failed"] == 1  # not done on the next start either
+    (out / "fail-after-1").unlink()
+    summary = run_sweep(sweep_file, retry_failed=True, progress=False)
+    assert summary["ran"] == ["n-1"] and summary["done"] == 1
