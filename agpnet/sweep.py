@@ -15,6 +15,9 @@ Sweep file (YAML)::
       blocks: [[3, 6, 9, 12], [9, 10, 11, 12]]   # a list-valued field: a list of lists
     cells:                         # optional: explicit cells, each a mapping of fields
       - {setting: one-class, category: bottle}
+    executor:                      # optional: where cells run (Executor; --executor ... flags win)
+      kind: ray                    # local (default: one after another here) | ray (agpnet.sweep_ray)
+      gpus_per_cell: 0.25
 
 `grid` may also be a list of such mappings; their products are concatenated (an ablation
 sweep varies one factor per entry). A cell's fields are `base`, then its grid combination or

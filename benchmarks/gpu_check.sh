@@ -5,7 +5,10 @@
 #      and compiled;
 #   3. benchmarks/metrics_speed.py on the GPU;
 #   4. real runs on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class): plain,
-#      compiled, and compiled with CUDA graphs.
+#      compiled, and compiled with CUDA graphs;
+#   5. packing (needs Ray: pip install -e '.[ray]'): 4 identical short training cells of a sweep on
+#      one GPU under the Ray executor, at --gpus-per-cell 1 and 0.25; the aggregate img/s ratio
+#      (benchmarks/sweep_scaling.py --packing; about 3 minutes; alone: STEPS=packing).
 # Each step has its own time limit and the script goes on when one fails; it exits 1 if any
 # failed. Everything is logged to $OUT/gpu_check.log (OUT defaults to gpu_check/; earlier
 # results there are removed first); the runs' records are copied there.
@@ -22,7 +25,7 @@ LOG=$OUT/gpu_check.log
 FAILED=()
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT"
-rm -f "$LOG" "$OUT"/record*.json "$OUT/throughput.jsonl"
+rm -f "$LOG" "$OUT"/record*.json "$OUT/throughput.jsonl" "$OUT/packing.jsonl"
 
 step() {  # step NAME LIMIT_S COMMAND...
     local name=$1 limit=$2 started=$SECONDS rc
@@ -64,6 +67,8 @@ step throughput_b64_compiled 180 "$PY" benchmarks/throughput.py --device cuda --
 step throughput_b8_compiled 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --compile
 step throughput_b8_cudagraphs 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 \
     --compile reduce-overhead
+step packing 300 "$PY" benchmarks/sweep_scaling.py --packing --cells 4 --epochs 10
 grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl"
+grep -h '^{"packed_img_s"' "$LOG" >"$OUT/packing.jsonl"
 if ((${#FAILED[@]})); then echo "failed: ${FAILED[*]}" | tee -a "$LOG"; exit 1; fi
 echo "all steps passed" | tee -a "$LOG"
