@@ -66,6 +66,7 @@ import shutil
 import threading
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from agpnet.atomic import write_json
@@ -300,11 +301,24 @@ def run_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: 
         return _summary(sweep, statuses, listed, ran=[])
     if changes and not rerun_changed:
         raise AgpnetError(_changed_message(sweep, changes))
-    if sweep.executor.kind == "ray":
-        from agpnet import sweep_ray
+    to_run = [c for c in sweep.cells if statuses[c.name] in (PENDING, CHANGED)
+              or (statuses[c.name] == FAILED and retry_failed)]
+    with contextlib.ExitStack() as stack:
+        if sweep.executor.kind == "ray" and to_run:  # Ray started or joined before the output folder is touched
+            from agpnet import sweep_ray
 
-        sweep_ray.require_ray()
+            resources = stack.enter_context(sweep_ray.session(sweep.executor))
+            run_cells = partial(sweep_ray.run_cells, resources=resources)
+        else:
+            run_cells = _run_cells_here
+        _run_locked(sweep, to_run, declared, statuses, listed, run_cells, progress)
+    return _summary(sweep, statuses, listed, [c.name for c in to_run])
 
+
+def _run_locked(sweep: Sweep, to_run: list[Cell], declared: dict, statuses: dict, listed: dict, run_cells,
+                progress: bool) -> None:
+    """Under the sweep's lock: `run_cells(sweep, to_run, declared, finished, progress)`, where
+    `finished(cell, status)` records each cell's new status in sweep.json."""
     from tqdm.auto import tqdm
 
     sweep.out.mkdir(parents=True, exist_ok=True)
@@ -312,8 +326,6 @@ def run_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: 
     counts = _counts(statuses)
     log.info("sweep %s: %d cells (%s) in %s, %s executor", sweep.path, len(sweep.cells),
              ", ".join(f"{counts[s]} {s}" for s in STATUSES), sweep.out, sweep.executor.kind)
-    to_run = [c for c in sweep.cells if statuses[c.name] in (PENDING, CHANGED)
-              or (statuses[c.name] == FAILED and retry_failed)]
     bar = tqdm(total=len(sweep.cells), desc=f"sweep {sweep.path.stem}", unit="cell", disable=not progress,
                position=0)
 
@@ -325,15 +337,16 @@ def run_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: 
     try:
         _write_sweep_json(sweep, statuses, listed)
         _show_progress(bar, statuses)
-        if sweep.executor.kind == "ray":
-            sweep_ray.run_cells(sweep, to_run, declared, finished, progress)
-        else:
-            for cell in to_run:
-                finished(cell, _run_cell(sweep, cell, declared, progress))
+        run_cells(sweep, to_run, declared, finished, progress)
     finally:
         bar.close()
         lock.close()
-    return _summary(sweep, statuses, listed, [c.name for c in to_run])
+
+
+def _run_cells_here(sweep: Sweep, cells: list[Cell], declared: dict, finished, progress: bool) -> None:
+    """The local executor: one cell after another in this process."""
+    for cell in cells:
+        finished(cell, _run_cell(sweep, cell, declared, progress))
 
 
 def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> str:

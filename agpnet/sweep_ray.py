@@ -18,16 +18,18 @@ or the driver's working folder fails at once with one line naming the node and t
 cells need a shared filesystem); relative paths are relative to the driver's working folder.
 """
 
+import contextlib
 import json
 import logging
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 from agpnet.atomic import write_json
 from agpnet.environment import timestamp
 from agpnet.errors import AgpnetError
-from agpnet.sweep import FAILED, Cell, Sweep, TrainingBar, execute_cell, threads_env, write_error
+from agpnet.sweep import FAILED, Cell, Executor, Sweep, TrainingBar, execute_cell, threads_env, write_error
 
 PLACEMENT_NAME = "placement.json"
 INSTALL_HINT = "pip install 'agpnet[ray]' (or: pip install ray)"
@@ -43,17 +45,25 @@ def require_ray():
     return ray
 
 
-def run_cells(sweep: Sweep, cells: list[Cell], declared: dict, finished, progress: bool = True,
-              poll_s: float = 1.0) -> None:
-    """Run `cells` as Ray tasks; `finished(cell, status)` is called in this process as each ends.
-    Ctrl-C cancels the running tasks (their cells stay pending) and is raised again."""
+@dataclass
+class Resources:
+    """What each cell's task asks Ray for."""
+
+    gpus: float
+    cpus: int
+
+
+@contextlib.contextmanager
+def session(executor: Executor):
+    """Ray for a sweep: a local instance started, or a cluster joined (`executor.address`), and
+    left at the end; a process already connected keeps its connection. Yields the Resources of a
+    cell (AgpnetError when no node could ever run one)."""
     ray = require_ray()
     connected_here = not ray.is_initialized()
     if connected_here:
-        _connect(ray, sweep.executor.address)
+        _connect(ray, executor.address)
     try:
-        if cells:
-            _run(ray, sweep, cells, declared, finished, progress, poll_s)
+        yield _resources(ray, executor)
     finally:
         if connected_here:
             ray.shutdown()
@@ -62,7 +72,7 @@ def run_cells(sweep: Sweep, cells: list[Cell], declared: dict, finished, progres
 def _connect(ray, address: str | None) -> None:
     try:
         if address is None:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)  # a new instance
         else:
             ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
@@ -70,28 +80,40 @@ def _connect(ray, address: str | None) -> None:
         raise AgpnetError(f"{where}: cannot start or join Ray ({' '.join(str(err).split())[:300]})") from None
 
 
-def _run(ray, sweep: Sweep, cells: list[Cell], declared: dict, finished, progress: bool, poll_s: float) -> None:
-    resources = ray.cluster_resources()
-    gpus = sweep.executor.gpus_per_cell
+def _resources(ray, executor: Executor) -> Resources:
+    total = ray.cluster_resources()
+    gpus = executor.gpus_per_cell
     if gpus is None:
-        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-    cpus = sweep.executor.cpus_per_cell or 1
-    for name, need, have in (("--gpus-per-cell", gpus, resources.get("GPU", 0)),
-                             ("--cpus-per-cell", cpus, resources.get("CPU", 0))):
+        gpus = 1 if total.get("GPU", 0) >= 1 else 0
+    cpus = executor.cpus_per_cell or 1
+    for flag, need, have in (("--gpus-per-cell", gpus, total.get("GPU", 0)),
+                             ("--cpus-per-cell", cpus, total.get("CPU", 0))):
         if need > have:
-            raise AgpnetError(f"{name} {need}: the Ray cluster has {have:g} in all; no cell could ever start")
-    task = ray.remote(_cell_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False)
-    limit = sweep.executor.max_concurrent or len(cells)
+            raise AgpnetError(f"{flag} {need:g}: the Ray cluster has {have:g} in all; no cell could ever start")
+    return Resources(gpus=gpus, cpus=cpus)
+
+
+def run_cells(sweep: Sweep, cells: list[Cell], declared: dict, finished, progress: bool = True, *,
+              resources: Resources, poll_s: float = 1.0) -> None:
+    """Run `cells` as Ray tasks (inside `session`); `finished(cell, status)` is called in this
+    process as each ends. Ctrl-C cancels the running tasks (their cells stay pending) and is
+    raised again."""
+    import ray
+
+    task = ray.remote(_cell_task).options(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=0,
+                                          retry_exceptions=False)
+    limit = sweep.executor.max_concurrent or max(len(cells), 1)
     cwd = os.getcwd()
     queue, running, bars = list(cells), {}, {}
-    log.info("ray: %d cells, %g GPU and %d CPU each, at most %d at once; cluster %s", len(cells), gpus, cpus,
-             limit, {k: resources[k] for k in ("CPU", "GPU") if k in resources})
+    log.info("ray: %d cells, %g GPU and %d CPU each, at most %d at once; cluster %s", len(cells), resources.gpus,
+             resources.cpus, limit, {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")})
     try:
         while queue or running:
             while queue and len(running) < limit:
                 cell = queue.pop(0)
                 (sweep.out / cell.name / PLACEMENT_NAME).unlink(missing_ok=True)  # an earlier attempt's
-                ref = task.remote(str(sweep.notebook), str(sweep.out), cell, declared, cwd, gpus, cpus)
+                ref = task.remote(str(sweep.notebook), str(sweep.out), cell, declared, cwd, resources.gpus,
+                                  resources.cpus)
                 running[ref] = cell
             ready, _ = ray.wait(list(running), num_returns=1, timeout=poll_s)
             for ref in ready:
@@ -136,11 +158,12 @@ def _outcome(ray, ref, sweep: Sweep, cell: Cell) -> str:
         result = ray.get(ref)
     except ray.exceptions.RayError as err:  # the worker or its node died, or the task itself raised
         place = _placement(cell_dir)
-        node = place.get("node", "an unknown node")
+        node = place.get("node")
+        where = f"on node {node} ({place.get('ip')})" if node else "(node unknown: before the cell started)"
         reason = " ".join(str(err).split())[:500]
         cell_dir.mkdir(parents=True, exist_ok=True)
-        write_error(cell_dir, cell, final, f"the Ray worker on node {node} ({place.get('ip', '?')}) died or failed: "
-                    f"{type(err).__name__}: {reason}", str(err).splitlines(),
+        write_error(cell_dir, cell, final, f"the Ray worker {where} died or failed: {type(err).__name__}: {reason}",
+                    str(err).splitlines(),
                     {"executor": "ray", "node": node, "ip": place.get("ip"), "reason": type(err).__name__})
         return FAILED
     if result.get("preflight"):  # the node could not see a path: the task wrote nothing

@@ -71,7 +71,7 @@ def ray_address():
     patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: bind to 127.0.0.1
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
     before = ray_processes()
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
         yield context.address_info["gcs_address"]
@@ -196,6 +196,13 @@ def test_a_node_that_cannot_see_the_data_root_fails_the_cell_at_once(ray_address
     assert message.startswith(f"node {platform.node()} (127.0.0.1) cannot see the data root {missing}")
     assert "shared filesystem" in message and "\n" not in message
     assert message in caplog.text
+
+
+def test_a_cell_no_node_could_run_is_one_line_before_the_output_folder(ray_address, tmp_path):
+    sweep_file = tiny_sweep(tmp_path, n_values=(1,))
+    with pytest.raises(AgpnetError, match=r"--gpus-per-cell 1: the Ray cluster has 0 in all; no cell could ever start"):
+        run_sweep(sweep_file, executor={**RAY, "gpus_per_cell": 1}, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_executor_without_ray_installed_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
