@@ -36,9 +36,9 @@ parameter; `out_dir` is the cell's folder.
 
 Resuming: a cell is done when its folder holds a record.json with status "complete" AND its
 executed notebook (a sweep killed between the two leaves the cell not done); a done cell never
-runs again. A cell that fails (an exception in the notebook, or no complete record at the end)
-gets error.json (message and traceback) and the sweep goes on; it runs again only with
-`retry_failed`. A sweep killed at any point (Ctrl-C, SIGKILL) and started again re-runs only
+runs again. A cell that fails (an exception in the notebook, even after its record was written,
+or no complete record at the end) gets error.json (message and traceback), is "failed" while
+that file is there, and the sweep goes on; it runs again only with `retry_failed`. A sweep killed at any point (Ctrl-C, SIGKILL) and started again re-runs only
 the cell that was running. When a cell runs again in a folder that holds a record.json, that
 record is kept as `record.previous.json` and everything else of the old run is removed first.
 
@@ -50,8 +50,8 @@ compile, compile_mode) do not change a result and are not compared. Cells whose 
 RunConfig fields (another notebook) are not compared. A sweep with changed cells refuses to
 start, with one line naming them and their fields; `rerun_changed` (--rerun-changed) runs them
 again. `<out>/sweep.json` lists the cells, their statuses and fields (atomic): for a done or
-changed cell the fields as its record holds them, so it never shows fields that did not
-produce the record beside it. `<out>/.sweep.lock` keeps two sweeps from running in the same
+changed cell the fields as its record holds them (null when its record cannot be read as a
+RunConfig), so it never shows fields that did not produce the record beside it. `<out>/.sweep.lock` keeps two sweeps from running in the same
 folder at once.
 """
 
@@ -254,18 +254,26 @@ def changed_fields(params: dict, record: dict, defaults: dict) -> dict | None:
         new = RunConfig.from_flat({**defaults, **params}).to_flat()
     except AgpnetError:
         return None
-    try:
-        old = RunConfig.from_dict(record["config"]).to_flat()
-    except (AgpnetError, KeyError, TypeError, AttributeError) as err:
-        return {"config": [f"unreadable ({err})", "the sweep's"]}
+    old = _recorded_fields(record)
+    if old is None:
+        return {"config": ["unreadable", "the sweep's"]}
     return {k: [old[k], new[k]] for k in new if k not in RUNTIME_FIELDS and old[k] != new[k]}
+
+
+def _recorded_fields(record: dict) -> dict | None:
+    """The flat RunConfig fields of a record's config, or None when it cannot be read as one."""
+    from agpnet.config import RunConfig
+
+    try:
+        return RunConfig.from_dict(record["config"]).to_flat()
+    except (AgpnetError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _survey(sweep: "Sweep", defaults: dict) -> tuple[dict, dict, dict]:
     """Each cell's status (CHANGED for a done cell with changed fields), the fields to list for it in
-    sweep.json (a done cell's as recorded) and its changed fields."""
-    from agpnet.config import RunConfig
-
+    sweep.json (a done or changed cell's as recorded; None when its record cannot say) and its
+    changed fields."""
     statuses, listed, changes = {}, {}, {}
     for cell in sweep.cells:
         cell_dir = sweep.out / cell.name
@@ -274,11 +282,12 @@ def _survey(sweep: "Sweep", defaults: dict) -> tuple[dict, dict, dict]:
             continue
         record = complete_record(cell_dir)
         changed = changed_fields(cell.params, record, defaults)
+        if changed is None:  # not comparable: the sweep's fields are all there is
+            continue
         if changed:
             statuses[cell.name], changes[cell.name] = CHANGED, changed
-        elif changed is not None:
-            recorded = RunConfig.from_dict(record["config"]).to_flat()
-            listed[cell.name] = {k: recorded[k.replace("-", "_")] for k in cell.params}
+        recorded = _recorded_fields(record)
+        listed[cell.name] = None if recorded is None else {k: recorded[k.replace("-", "_")] for k in cell.params}
     return statuses, listed, changes
 
 
@@ -349,7 +358,7 @@ def _run_cells_here(sweep: Sweep, cells: list[Cell], declared: dict, finished, p
         finished(cell, _run_cell(sweep, cell, declared, progress))
 
 
-def _run_cell(sweep: Sweep, cell: Cell, declared: set[str], progress: bool) -> str:
+def _run_cell(sweep: Sweep, cell: Cell, declared: dict, progress: bool) -> str:
     """Execute one cell here, with its training bar under the sweep's; returns its new status."""
     stop = threading.Event()
     follower = threading.Thread(target=follow_training, args=(sweep.out / cell.name, cell.name, stop), daemon=True)
@@ -439,7 +448,7 @@ def _clear_old_run(cell_dir: Path, final: Path) -> None:
     (cell_dir / PROGRESS_NAME).unlink(missing_ok=True)
 
 
-def notebook_parameters(params: dict, declared: set[str], out_dir: str) -> dict:
+def notebook_parameters(params: dict, declared: dict, out_dir: str) -> dict:
     """Papermill parameters: declared fields directly, the others in `config`."""
     if "out_dir" not in declared:
         raise AgpnetError("sweep notebook: its `parameters` cell must declare out_dir")

@@ -188,7 +188,7 @@ def _where(cell_dir: Path) -> str:
     if not place:
         return ""
     gpus = place.get("gpus") or []
-    return place["node"] + (f", GPU {','.join(map(str, gpus))}" if gpus else ", CPU")
+    return str(place.get("node", "?")) + (f", GPU {','.join(map(str, gpus))}" if gpus else ", CPU")
 
 
 def _cell_task(notebook: str, out: str, cell: Cell, declared: dict, cwd: str, gpus: float, cpus: int) -> dict:

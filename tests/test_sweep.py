@@ -21,9 +21,10 @@ from agpnet.sweep import cell_status, follow_training, load_sweep, notebook_para
 # A tiny notebook: logs each start to `log`, fails when <out>/fail-<n> exists, else writes a record.
 PARAMETERS = 'out_dir = ""\nn = 0\nlog = ""\nconfig = {}'
 BODY = textwrap.dedent("""
-    import time
+    import os, time
     from pathlib import Path
     from agpnet.atomic import write_json
+    (Path(out_dir) / "kernel.pid").write_text(str(os.getpid()))
     with open(log, "a") as f:
         f.write(Path(out_dir).name + "\\n")
     time.sleep(config.get("sleep", 0))
@@ -72,6 +73,41 @@ def tiny_sweep(tmp_path: Path, n_values=(1, 2, 3), sleep: float = 0.0) -> Path:
         grid: {{n: {list(n_values)}}}
     """,
     )
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, waiting for its parent to reap it, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return not stat.read_text().rsplit(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def wait_for(condition, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def wait_for_kernel_end(cell_dir: Path, settle_s: float = 2.0) -> None:
+    """The kernel of a killed sweep's cell (if it started) ends within seconds (ipykernel follows its
+    parent): no running process named by <cell>/kernel.pid for `settle_s` in a row, within 30 s."""
+    started = quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < settle_s:
+        try:
+            running = alive(int((cell_dir / "kernel.pid").read_text()))
+        except (OSError, ValueError):  # no kernel (yet)
+            running = False
+        if running:
+            quiet_since = time.monotonic()
+        assert time.monotonic() - started < 30, f"the kernel of {cell_dir.name} still runs"
+        time.sleep(0.05)
 
 
 def followers() -> list[threading.Thread]:
@@ -246,6 +282,7 @@ def test_killed_sweep_resumes_without_lost_or_repeated_cells(tmp_path, kill):
     finally:
         os.killpg(process.pid, kill)  # the sweep (its kernel, in a session of its own, follows its parent)
         process.wait(timeout=60)
+    wait_for_kernel_end(out / "n-2")  # the interrupted cell's kernel ends with its sweep
     started_at_kill = starts(tmp_path)
     assert cell_status(out / "n-1", "tiny.ipynb") == "done" and cell_status(out / "n-2", "tiny.ipynb") == "pending"
     assert not list(out.rglob("error.json"))  # interrupted is not failed
@@ -369,6 +406,7 @@ def test_changed_fields_refuse_before_running_or_rerun_when_asked(tmp_path, caps
 
     summary = run_sweep(sweep_file, overrides={"epochs": 3}, dry_run=True)
     assert [c["status"] for c in summary["cells"]] == ["changed", "changed"]
+    assert [c["params"]["epochs"] for c in summary["cells"]] == [1, 1]  # what made the records
     assert "changed  seed-0  epochs 1 -> 3" in capsys.readouterr().out
 
     summary = run_sweep(sweep_file, overrides={"epochs": 3}, rerun_changed=True, progress=False)

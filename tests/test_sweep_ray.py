@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import yaml
 from conftest import TINY_MODEL
 from fixtures_runs import REPO, require_kernel, write_notebook
+from test_sweep import alive, wait_for
 
 from agpnet.cli import main
 from agpnet.errors import AgpnetError
@@ -45,22 +45,6 @@ RAY_PROCESSES = ("raylet", "gcs_server", "ray::")
 def ray_processes() -> set[int]:
     found = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
     return {int(line.split()[0]) for line in found.splitlines() if any(p in line for p in RAY_PROCESSES)}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat")
-    return not (state.exists() and state.read_text().split(") ")[-1].startswith("Z"))  # a zombie is gone
-
-
-def wait_for(condition, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
