@@ -11,7 +11,7 @@ install: $(STAMP)
 # Reinstall only when pyproject.toml changed (or the venv is missing).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (agpnet)" >/dev/null
 	touch $(STAMP)
 

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a field for every cell (repeatable), e.g. --set epochs=1")
     sw.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
     sw.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    sw.add_argument("--rerun-changed", action="store_true",
+                    help="run done cells again whose fields changed (their old record is kept as record.previous.json)")
+    ray = sw.add_argument_group("executor (also the sweep file's `executor:` section; these flags win)")
+    ray.add_argument("--executor", dest="kind", metavar="local|ray",
+                     help="local: cells one after another here (default); ray: Ray tasks, several at once")
+    ray.add_argument("--address", help="ray: join a running Ray cluster (auto or HOST:PORT); default: a local one")
+    ray.add_argument("--gpus-per-cell", metavar="F", help="ray: GPUs per cell, e.g. 0.25 (4 cells per GPU)")
+    ray.add_argument("--cpus-per-cell", metavar="N", help="CPUs per cell, also its torch threads")
+    ray.add_argument("--max-concurrent", metavar="N", help="ray: at most N cells at once")
     sw.set_defaults(handler=_cmd_sweep)
 
     we = commands.add_parser("weights", help="pretrained encoder weights for machines without internet")
@@ -258,8 +267,12 @@ def _cmd_sweep(args) -> int:
         if not sep or not key:
             raise AgpnetError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=1")
         overrides[key.strip()] = parse_yaml_value(value, f"--set {key.strip()}")
+    executor = {"kind": args.kind, "address": args.address}
+    for key in ("gpus_per_cell", "cpus_per_cell", "max_concurrent"):
+        text = getattr(args, key)
+        executor[key] = None if text is None else parse_yaml_value(text, "--" + key.replace("_", "-"))
     summary = run_sweep(args.sweep_file, out=args.out, overrides=overrides, dry_run=args.dry_run,
-                        retry_failed=args.retry_failed)
+                        retry_failed=args.retry_failed, rerun_changed=args.rerun_changed, executor=executor)
     return 1 if summary.get("failed") else 0
 
 

@@ -79,15 +79,27 @@ def describe_environment(device: torch.device | None = None) -> dict:
 
     versions = {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES},
                 "agpnet_commit": source_revision()}
-    gpu = None
+    gpu = gpu_index = None
     if device is not None and device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
+        gpu_index = _physical_gpu_index(device.index if device.index is not None else torch.cuda.current_device())
+    fraction = os.environ.get("AGPNET_GPU_FRACTION")
     return {
         **versions,
         "device": str(device) if device is not None else None,
         "gpu": gpu,
+        "gpu_index": gpu_index,
+        "gpu_fraction": float(fraction) if fraction else None,  # a sweep cell's share of its GPU (Ray)
+        "executor": os.environ.get("AGPNET_EXECUTOR"),  # the sweep executor of a cell ("local", "ray")
+        "hostname": platform.node(),
         "machine": machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),
     }
+
+
+def _physical_gpu_index(index: int) -> str:
+    """The machine's index of visible CUDA device `index` (CUDA_VISIBLE_DEVICES, as Ray sets it, renumbers them)."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[index] if index < len(visible) else str(index)

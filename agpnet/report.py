@@ -164,16 +164,27 @@ def _environment_html(records: list[dict]) -> str:
     for record in records:
         env = record.get("environment") or {}
         key = (env.get("machine"), env.get("device"), env.get("gpu"), env.get("torch"), env.get("timm"), env.get("agpnet"),
-               env.get("agpnet_commit"))
+               env.get("agpnet_commit"), _placement(env))
         seen[key] = seen.get(key, 0) + 1
-    runs = "".join(f"<li>{count} run(s): {e(str(m))}, device {e(str(d))}{', GPU ' + e(str(g)) if g else ''}; "
-                   f"torch {e(str(t))}, timm {e(str(ti))}, agpnet {e(str(a))}"
+    runs = "".join(f"<li>{count} run(s): {e(str(m))}, device {e(str(d))}{', GPU ' + e(str(g)) if g else ''}"
+                   f"{'; ' + e(w) if w else ''}; torch {e(str(t))}, timm {e(str(ti))}, agpnet {e(str(a))}"
                    f"{' (commit ' + e(str(c)) + ')' if c else ''}</li>"
-                   for (m, d, g, t, ti, a, c), count in seen.items())
+                   for (m, d, g, t, ti, a, c, w), count in seen.items())
     versions = ", ".join(f"{e(p)} {e(package_version(p) or 'not installed')}" for p in VERSIONED)
     return (f"<p>Runs were made on:</p><ul>{runs}</ul>"
             f"<p>Report built on {e(machine())}, "
             f"Python {e(platform.python_version())}; {versions}.</p>")
+
+
+def _placement(env: dict) -> str:
+    """Where a run ran: host, sweep executor, GPU index and share ("" for records without them)."""
+    parts = [f"host {env['hostname']}"] if env.get("hostname") else []
+    if env.get("executor"):
+        parts.append(f"{env['executor']} executor")
+    if env.get("gpu_index") is not None:
+        share = f" ({env['gpu_fraction']:g} of it)" if env.get("gpu_fraction") else ""
+        parts.append(f"GPU index {env['gpu_index']}{share}")
+    return ", ".join(parts)
 
 
 def _percent(value) -> str:

@@ -10,6 +10,9 @@
 #      synthetic set, generated once into $SPEED_DATA and reused): each compile mode with the
 #      image cache on the device, and CUDA graphs without the image cache. Its JSON lines are
 #      appended, with the step, command and date, to $RESULTS and to $OUT/train_speed.jsonl.
+#   6. packing (needs Ray: pip install -e '.[ray]'): 4 identical short training cells of a sweep on
+#      one GPU under the Ray executor, at --gpus-per-cell 1 and 0.25; the aggregate img/s ratio
+#      (benchmarks/sweep_scaling.py --packing; about 3 minutes; alone: STEPS=packing).
 # Each step has its own time limit and the script goes on when one fails; it exits 1 if any
 # failed. Everything is logged to $OUT/gpu_check.log (OUT defaults to gpu_check/; earlier
 # results there are removed first); the runs' records are copied there. All runs use random
@@ -35,7 +38,7 @@ LOG=$OUT/gpu_check.log
 FAILED=()
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT"
-rm -f "$LOG" "$OUT"/record*.json "$OUT/throughput.jsonl" "$OUT/train_speed.jsonl"
+rm -f "$LOG" "$OUT"/record*.json "$OUT/throughput.jsonl" "$OUT/train_speed.jsonl" "$OUT/packing.jsonl"
 
 step() {  # step NAME LIMIT_S COMMAND...
     local name=$1 limit=$2 started=$SECONDS rc
@@ -97,6 +100,8 @@ speed speed_none 180 --compile-mode none --image-cache device
 speed speed_default 240 --compile-mode default --image-cache device
 speed speed_cudagraphs 240 --compile-mode reduce-overhead --image-cache device
 speed speed_cudagraphs_nocache 240 --compile-mode reduce-overhead --image-cache off
+step packing 300 "$PY" benchmarks/sweep_scaling.py --packing --cells 4 --epochs 10
 grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl"
+grep -h '^{"packed_img_s"' "$LOG" >"$OUT/packing.jsonl"
 if ((${#FAILED[@]})); then echo "failed: ${FAILED[*]}" | tee -a "$LOG"; exit 1; fi
 echo "all steps passed" | tee -a "$LOG"

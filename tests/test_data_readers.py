@@ -375,5 +375,5 @@ def test_a_dataset_is_one_reader_and_one_registry_entry(tmp_path, monkeypatch):
     monkeypatch.setitem(readers.READERS, "tiny", entry)
     split = load_split("tiny", tmp_path, "one-class", category="bottle")
     assert split.categories == ["bottle"] and len(split.train) == 2 and len(split.test) == 2
-    with pytest.raises(AgpnetError, match="expected one of .*, tiny\)"):
+    with pytest.raises(AgpnetError, match=r"expected one of .*, tiny\)"):
         load_split("nope", tmp_path, "one-class")

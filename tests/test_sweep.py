@@ -21,16 +21,40 @@ from agpnet.sweep import cell_status, follow_training, load_sweep, notebook_para
 # A tiny notebook: logs each start to `log`, fails when <out>/fail-<n> exists, else writes a record.
 PARAMETERS = 'out_dir = ""\nn = 0\nlog = ""\nconfig = {}'
 BODY = textwrap.dedent("""
-    import time
+    import os, time
     from pathlib import Path
     from agpnet.atomic import write_json
+    (Path(out_dir) / "kernel.pid").write_text(str(os.getpid()))
     with open(log, "a") as f:
         f.write(Path(out_dir).name + "\\n")
     time.sleep(config.get("sleep", 0))
     if (Path(out_dir).parent / f"fail-{n}").exists():
         raise ValueError(f"boom in cell {n}")
     write_json(Path(out_dir) / "record.json", {"status": "complete", "n": n, "config": config})
+    time.sleep(config.get("sleep_after", 0))
+    if (Path(out_dir).parent / f"fail-after-{n}").exists():
+        raise ValueError(f"boom after the record of cell {n}")
 """)
+
+# A notebook whose record holds a RunConfig (as train_eval's does), without training: its own
+# default for `root`, every other field in `config`; logs each start to <out>/starts.txt.
+CONFIG_PARAMETERS = 'out_dir = ""\nroot = "nb-root"\nconfig = {}'
+CONFIG_BODY = textwrap.dedent("""
+    from pathlib import Path
+    from agpnet.atomic import write_json
+    from agpnet.config import RunConfig
+    with open(Path(out_dir).parent / "starts.txt", "a") as f:
+        f.write(Path(out_dir).name + "\\n")
+    cfg = RunConfig.from_flat({"root": root, **config, "out_dir": out_dir})
+    write_json(Path(out_dir) / "record.json", {"status": "complete", "config": cfg.to_dict()})
+""")
+
+
+def run_in_subprocess(sweep_file: Path, **kwargs) -> subprocess.Popen:
+    """run_sweep(sweep_file, **kwargs) in a process (and session) of its own, for killing it."""
+    code = f"import sys; from agpnet.sweep import run_sweep; run_sweep(sys.argv[1], progress=False, **{kwargs!r})"
+    return subprocess.Popen([sys.executable, "-c", code, str(sweep_file)], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def write_yaml(path: Path, text: str) -> Path:
@@ -49,6 +73,46 @@ def tiny_sweep(tmp_path: Path, n_values=(1, 2, 3), sleep: float = 0.0) -> Path:
         grid: {{n: {list(n_values)}}}
     """,
     )
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, waiting for its parent to reap it, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return not stat.read_text().rsplit(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def wait_for(condition, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def wait_for_kernel_end(cell_dir: Path, settle_s: float = 2.0) -> None:
+    """The kernel of a killed sweep's cell (if it started) ends within seconds (ipykernel follows its
+    parent): no running process named by <cell>/kernel.pid for `settle_s` in a row, within 30 s."""
+    started = quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < settle_s:
+        try:
+            running = alive(int((cell_dir / "kernel.pid").read_text()))
+        except (OSError, ValueError):  # no kernel (yet)
+            running = False
+        if running:
+            quiet_since = time.monotonic()
+        assert time.monotonic() - started < 30, f"the kernel of {cell_dir.name} still runs"
+        time.sleep(0.05)
+
+
+def followers() -> list[threading.Thread]:
+    """Running threads but tqdm's own monitor (it starts with the first bar and stays)."""
+    return [t for t in threading.enumerate() if t.name != "tqdm_monitor"]
 
 
 def starts(tmp_path: Path) -> list[str]:
@@ -150,6 +214,7 @@ def test_dry_run_lists_statuses_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     (out / "n-1").mkdir(parents=True)
     (out / "n-1" / "record.json").write_text(json.dumps({"status": "complete"}))
+    (out / "n-1" / "tiny.ipynb").write_text("{}")  # the executed notebook
     (out / "n-2").mkdir()
     (out / "n-2" / "error.json").write_text("{}")
     (out / "n-3").mkdir()
@@ -164,7 +229,8 @@ def test_dry_run_lists_statuses_and_writes_nothing(tmp_path, capsys):
     assert (summary["done"], summary["failed"], summary["pending"], summary["ran"]) == (1, 1, 1, [])
     printed = capsys.readouterr().out
     assert (
-        "done     n-1" in printed and "failed   n-2" in printed and "1 done, 1 failed, 1 pending" in printed
+        "done     n-1" in printed and "failed   n-2" in printed
+        and "1 done, 0 changed, 1 failed, 1 pending" in printed
     )
     assert not (out / "sweep.json").exists() and starts(tmp_path) == []
 
@@ -176,12 +242,9 @@ def test_failed_cell_does_not_stop_the_others_and_retry(tmp_path):
     out.mkdir()
     (out / "fail-1").touch()
 
-    def ours():  # tqdm's own monitor thread starts after 10 s of bars on a loaded machine: not ours
-        return {t for t in threading.enumerate() if type(t).__name__ != "TMonitor"}
-
-    threads = ours()
+    threads = followers()
     summary = run_sweep(sweep_file, overrides={"tag": "x y"}, progress=True)  # bars: a follower thread per cell
-    assert ours() == threads  # each follower stopped, the failed cell's too
+    assert followers() == threads  # each follower stopped, the failed cell's too
     assert [(c["name"], c["status"]) for c in summary["cells"]] == [("n-1", "failed"), ("n-2", "done")]
     assert summary["failed"] == 1 and summary["ran"] == ["n-1", "n-2"]
     error = json.loads((out / "n-1" / "error.json").read_text())
@@ -209,20 +272,19 @@ def test_killed_sweep_resumes_without_lost_or_repeated_cells(tmp_path, kill):
     names = ["n-1", "n-2"]
     sweep_file = tiny_sweep(tmp_path, n_values=(1, 2), sleep=1.0)
     out = tmp_path / "out"
-    code = "import sys; from agpnet.sweep import run_sweep; run_sweep(sys.argv[1], progress=False)"
-    process = subprocess.Popen([sys.executable, "-c", code, str(sweep_file)], cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = run_in_subprocess(sweep_file)
     try:
         deadline = time.monotonic() + 120
-        while cell_status(out / "n-1") != "done":
+        while cell_status(out / "n-1", "tiny.ipynb") != "done":
             assert process.poll() is None, "the sweep ended before its first cell completed"
             assert time.monotonic() < deadline, "the first cell did not complete in time"
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, kill)  # the sweep (its kernel, in a session of its own, follows its parent)
         process.wait(timeout=60)
+    wait_for_kernel_end(out / "n-2")  # the interrupted cell's kernel ends with its sweep
     started_at_kill = starts(tmp_path)
-    assert cell_status(out / "n-1") == "done" and cell_status(out / "n-2") == "pending"
+    assert cell_status(out / "n-1", "tiny.ipynb") == "done" and cell_status(out / "n-2", "tiny.ipynb") == "pending"
     assert not list(out.rglob("error.json"))  # interrupted is not failed
 
     summary = run_sweep(sweep_file, progress=False)
@@ -292,3 +354,84 @@ def test_training_bar_follows_the_runs_progress_file(tmp_path):
     assert "cell-a" in text and "starting the notebook" in text
     assert "8/12" in text and "epoch 2/3, loss 0.5, 7.2 img/s" in text
     assert "12/12" in text and "evaluating" in text
+
+
+def test_killed_after_the_record_before_the_notebook_runs_again(tmp_path):
+    """A kill in a cell's last seconds (record.json written, papermill not finished) leaves it not done."""
+    require_kernel()
+    sweep_file = tiny_sweep(tmp_path, n_values=(1,))
+    out = tmp_path / "out"
+    process = run_in_subprocess(sweep_file, overrides={"sleep_after": 60})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "n-1" / "record.json").is_file():
+            assert process.poll() is None and time.monotonic() < deadline, "no record.json in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    assert json.loads((out / "n-1" / "record.json").read_text())["status"] == "complete"
+    assert not (out / "n-1" / "tiny.ipynb").exists()
+    assert run_sweep(sweep_file, dry_run=True)["pending"] == 1  # not done
+
+    summary = run_sweep(sweep_file, progress=False)
+    assert summary["ran"] == ["n-1"] and summary["done"] == 1 and starts(tmp_path) == ["n-1", "n-1"]
+    assert (out / "n-1" / "tiny.ipynb").is_file() and not list(out.rglob(".partial.*"))
+    assert json.loads((out / "n-1" / "record.previous.json").read_text())["config"]["sleep_after"] == 60
+    assert run_sweep(sweep_file, progress=False)["ran"] == []
+
+
+def test_changed_fields_refuse_before_running_or_rerun_when_asked(tmp_path, capsys):
+    require_kernel()
+    write_notebook(tmp_path / "cfg.ipynb", CONFIG_PARAMETERS, CONFIG_BODY)
+    out = tmp_path / "out"
+    sweep_file = write_yaml(tmp_path / "s.yaml", f"""
+        notebook: cfg.ipynb
+        out: {out}
+        base: {{dataset: folder, epochs: 1, device: cpu}}
+        grid: {{seed: [0, 1]}}
+    """)
+    ran_cells = lambda: (out / "starts.txt").read_text().split()  # noqa: E731
+    listed = lambda: {c["name"]: c["params"] for c in json.loads((out / "sweep.json").read_text())["cells"]}  # noqa: E731
+
+    assert run_sweep(sweep_file, progress=False)["done"] == 2
+    # Unchanged (the notebook's own `root` default included), or changed in runtime fields only:
+    # done. sweep.json lists the device the records were made with.
+    assert run_sweep(sweep_file, progress=False)["ran"] == []
+    assert run_sweep(sweep_file, overrides={"device": "cuda"}, progress=False)["ran"] == []
+    assert listed()["seed-0"] == {"dataset": "folder", "epochs": 1, "device": "cpu", "seed": 0}
+
+    with pytest.raises(AgpnetError) as err:
+        run_sweep(sweep_file, overrides={"epochs": 3}, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "2 done cell(s)" in message
+    assert "seed-0 (epochs 1 -> 3)" in message and "seed-1 (epochs 1 -> 3)" in message
+    assert "--out" in message and "--rerun-changed" in message
+    assert ran_cells() == ["seed-0", "seed-1"] and listed()["seed-1"]["epochs"] == 1  # nothing ran or changed
+
+    summary = run_sweep(sweep_file, overrides={"epochs": 3}, dry_run=True)
+    assert [c["status"] for c in summary["cells"]] == ["changed", "changed"]
+    assert [c["params"]["epochs"] for c in summary["cells"]] == [1, 1]  # what made the records
+    assert "changed  seed-0  epochs 1 -> 3" in capsys.readouterr().out
+
+    summary = run_sweep(sweep_file, overrides={"epochs": 3}, rerun_changed=True, progress=False)
+    assert summary["ran"] == ["seed-0", "seed-1"] and summary["done"] == 2
+    for name in ("seed-0", "seed-1"):
+        assert json.loads((out / name / "record.json").read_text())["config"]["train"]["epochs"] == 3
+        assert json.loads((out / name / "record.previous.json").read_text())["config"]["train"]["epochs"] == 1
+        assert listed()[name]["epochs"] == 3
+    assert run_sweep(sweep_file, overrides={"epochs": 3}, progress=False)["ran"] == []
+
+
+def test_notebook_failing_after_its_record_is_failed_not_done(tmp_path):
+    require_kernel()
+    sweep_file = tiny_sweep(tmp_path, n_values=(1,))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fail-after-1").touch()
+    assert run_sweep(sweep_file, progress=False)["failed"] == 1
+    assert (out / "n-1" / "record.json").is_file() and (out / "n-1" / "tiny.ipynb").is_file()
+    assert run_sweep(sweep_file, progress=False)["failed"] == 1  # not done on the next start either
+    (out / "fail-after-1").unlink()
+    summary = run_sweep(sweep_file, retry_failed=True, progress=False)
+    assert summary["ran"] == ["n-1"] and summary["done"] == 1
