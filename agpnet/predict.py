@@ -26,14 +26,16 @@ def find_images(inputs: list[str], skip: Path | None = None) -> list[Path]:
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                            and not p.name.startswith(".") and not (skip and p.resolve().is_relative_to(skip)))
+            found += sorted(p for p in item.rglob("*")
+                            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                            and not (skip and p.resolve().is_relative_to(skip)))
         elif item.is_file():
             found.append(item)
         else:
             raise AgpnetError(f"{item}: no such image file or folder")
     if not found:
-        raise AgpnetError(f"{', '.join(inputs)}: no images found (expected {'/'.join(sorted(IMAGE_SUFFIXES))})")
+        raise AgpnetError(
+            f"{', '.join(inputs)}: no images found (expected {'/'.join(sorted(IMAGE_SUFFIXES))})")
     return found
 
 
@@ -72,10 +74,12 @@ def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str
     return write_text(out / "scores.csv", rows.getvalue())
 
 
-def overlay_png(image: Image.Image, anomaly_map: torch.Tensor, vmin: float, vmax: float, alpha: float = 0.5) -> bytes:
+def overlay_png(image: Image.Image, anomaly_map: torch.Tensor, vmin: float, vmax: float,
+                alpha: float = 0.5) -> bytes:
     """PNG bytes: the map (S,S) upsampled to the image's size, coloured (jet) and blended over it."""
     width, height = image.size
-    resized = F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    resized = F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear",
+                            align_corners=False)[0, 0]
     scaled = ((resized - vmin) / max(vmax - vmin, 1e-12)).clamp(0, 1).numpy()
     heat = matplotlib.colormaps["jet"](scaled)[..., :3]
     blended = (1 - alpha) * np.asarray(image, dtype=np.float32) / 255 + alpha * heat
