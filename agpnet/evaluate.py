@@ -40,8 +40,8 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
     precision "fp32": the model runs in fp32 and the maps are kept as float32 (4 B per pixel);
     "bf16": `amp` applies (bf16 autocast on CUDA by default) and the maps are kept as float16
     (2 B per pixel). `num_workers` as in TrainConfig."""
-    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers, device),
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False,
+                        num_workers=loader_workers(num_workers, device), pin_memory=device.type == "cuda")
     accumulator = MetricAccumulator(map_dtype=torch.float32 if precision == "fp32" else torch.float16)
     amp = amp if precision == "bf16" else "off"
     keep = _MapStore(maps_size) if maps_path is not None else None
@@ -56,9 +56,11 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
             if resolution == "original":
                 for i, index in enumerate(batch["index"].tolist()):
                     amap, mask = _at_original_size(out["anomaly_map"][i], test_set.samples[index])
-                    accumulator.add(batch["category"][i], out["score"][i:i + 1], batch["label"][i:i + 1], amap, mask)
+                    accumulator.add(batch["category"][i], out["score"][i:i + 1], batch["label"][i:i + 1],
+                                    amap, mask)
             else:
-                accumulator.add(batch["category"], out["score"], batch["label"], out["anomaly_map"], batch["mask"])
+                accumulator.add(batch["category"], out["score"], batch["label"], out["anomaly_map"],
+                                batch["mask"])
             if keep is not None:
                 keep.add(batch, out, model.attention_masks(images, progress=1.0))
     if device.type == "cuda":
@@ -98,7 +100,8 @@ class _MapStore:
 
     def add(self, batch: dict, out: dict, attention: dict) -> None:
         s = self.size
-        maps = F.interpolate(out["anomaly_map"][:, None].float(), size=(s, s), mode="bilinear", align_corners=False)
+        maps = F.interpolate(out["anomaly_map"][:, None].float(), size=(s, s), mode="bilinear",
+                             align_corners=False)
         masks = F.interpolate(batch["mask"][:, None].float(), size=(s, s), mode="nearest") > 0
         self.arrays["anomaly_maps"].append(maps[:, 0].to(torch.float16).cpu().numpy())
         self.arrays["masks"].append(masks[:, 0].cpu().numpy())

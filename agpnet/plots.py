@@ -169,7 +169,8 @@ def attention_panels(image, a_prior, a_learn, a_final, image_perturbed=None, fea
     return fig
 
 
-def perturbation_stages(image, stages: list[dict], anomaly_map=None, mask=None, title: str | None = None) -> Figure:
+def perturbation_stages(image, stages: list[dict], anomaly_map=None, mask=None,
+                        title: str | None = None) -> Figure:
     """One row per training stage: image, A_prior, A_learn, A_final, image-perturbed,
     feature-noise std, then the final anomaly map and ground truth.
 
@@ -223,7 +224,10 @@ def _heatmap_row(fig, axes, image, anomaly_map, mask, threshold, vmin, vmax):
     axes[0].set_title("image", fontsize=8)
     _clean(axes[0])
     shape = _as_rgb(image).shape[:2]
-    truth = np.zeros(shape, dtype=bool) if mask is None else _resize_like(np.asarray(mask, np.float32), shape) > 0.5
+    if mask is None:
+        truth = np.zeros(shape, dtype=bool)
+    else:
+        truth = _resize_like(np.asarray(mask, np.float32), shape) > 0.5
     axes[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
     axes[1].set_title("ground truth", fontsize=8)
     _clean(axes[1])
@@ -232,11 +236,13 @@ def _heatmap_row(fig, axes, image, anomaly_map, mask, threshold, vmin, vmax):
     fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.04)
 
 
-def _attention_row(image, a_prior, a_learn, a_final, image_perturbed, feature_noise_std, anomaly_map, mask, label):
+def _attention_row(image, a_prior, a_learn, a_final, image_perturbed, feature_noise_std, anomaly_map, mask,
+                   label):
     """Panels (title, array, kind) of one row; None arrays are left out."""
     panels = [(f"image\n{label}" if label else "image", image, "rgb"),
-              ("A_prior", a_prior, "attention"), ("A_learn", a_learn, "attention"), ("A_final", a_final, "attention"),
-              ("image-perturbed", image_perturbed, "rgb"), ("feature-noise std", feature_noise_std, "attention"),
+              ("A_prior", a_prior, "attention"), ("A_learn", a_learn, "attention"),
+              ("A_final", a_final, "attention"), ("image-perturbed", image_perturbed, "rgb"),
+              ("feature-noise std", feature_noise_std, "attention"),
               ("anomaly map", anomaly_map, "anomaly"), ("ground truth", mask, "mask")]
     return [p for p in panels if p[1] is not None]
 
@@ -247,7 +253,8 @@ def _draw_panel(fig, ax, title, array, kind):
     elif kind == "mask":
         ax.imshow(np.asarray(array, dtype=bool), cmap="gray", vmin=0, vmax=1)
     else:
-        shown = ax.imshow(np.asarray(array, dtype=np.float32), cmap=ANOMALY_CMAP if kind == "anomaly" else ATTENTION_CMAP)
+        cmap = ANOMALY_CMAP if kind == "anomaly" else ATTENTION_CMAP
+        shown = ax.imshow(np.asarray(array, dtype=np.float32), cmap=cmap)
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=8)
     _clean(ax)
@@ -263,7 +270,8 @@ def _as_rgb(image) -> np.ndarray:
 
 
 def _resize_like(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a (h, w) array to `shape` (maps and masks stored smaller than the image)."""
+    """Nearest-neighbour resize of a (h, w) array to `shape` (maps and masks stored smaller than the
+    image)."""
     if array.shape == tuple(shape):
         return array
     rows = (np.arange(shape[0]) * array.shape[0] / shape[0]).astype(int)

@@ -26,14 +26,16 @@ def find_images(inputs: list[str], skip: Path | None = None) -> list[Path]:
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                            and not p.name.startswith(".") and not (skip and p.resolve().is_relative_to(skip)))
+            found += sorted(p for p in item.rglob("*")
+                            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                            and not (skip and p.resolve().is_relative_to(skip)))
         elif item.is_file():
             found.append(item)
         else:
             raise AgpnetError(f"{item}: no such image file or folder")
     if not found:
-        raise AgpnetError(f"{', '.join(inputs)}: no images found (expected {'/'.join(sorted(IMAGE_SUFFIXES))})")
+        raise AgpnetError(
+            f"{', '.join(inputs)}: no images found (expected {'/'.join(sorted(IMAGE_SUFFIXES))})")
     return found
 
 
@@ -82,10 +84,12 @@ def predict_maps(model, paths: list[Path], device: torch.device, batch_size: int
 def upsample(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The map (S,S) bilinearly resized to `size` = (width, height) of its image: (height, width)."""
     width, height = size
-    return F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    resized = F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)
+    return resized[0, 0]
 
 
-def overlay_png(image: Image.Image, anomaly_map: torch.Tensor, vmin: float, vmax: float, alpha: float = 0.5) -> bytes:
+def overlay_png(image: Image.Image, anomaly_map: torch.Tensor, vmin: float, vmax: float,
+                alpha: float = 0.5) -> bytes:
     """PNG bytes: the map (S,S) upsampled to the image's size, coloured (jet) and blended over it."""
     resized = upsample(anomaly_map, image.size)
     scaled = ((resized - vmin) / max(vmax - vmin, 1e-12)).clamp(0, 1).numpy()

@@ -13,11 +13,12 @@ PUBLISHED_LABEL = "published"
 
 # The categories of each benchmark: published means are over all of them.
 DATASET_CATEGORIES = {
-    "mvtec": ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
-              "tile", "toothbrush", "transistor", "wood", "zipper"),
-    "visa": ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
-             "pcb4", "pipe_fryum"),
-    "mvtec3d": ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire"),
+    "mvtec": ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
+              "screw", "tile", "toothbrush", "transistor", "wood", "zipper"),
+    "visa": ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2",
+             "pcb3", "pcb4", "pipe_fryum"),
+    "mvtec3d": ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope",
+                "tire"),
     "realiad": ("audiojack", "bottle_cap", "button_battery", "end_cap", "eraser", "fire_hood", "mint", "mounts",
                 "pcb", "phone_battery", "plastic_nut", "plastic_plug", "porcelain_doll", "regulator",
                 "rolled_strip_base", "sim_card_set", "switch", "tape", "terminalblock", "toothbrush", "toy",
@@ -120,7 +121,8 @@ def _all_rows() -> list[dict]:
     rows.append(_row("Dinomaly ViT-B", "Dinomaly (CVPR 2025), abstract", "realiad", "multi-class", None,
                      dict(image_auroc=89.3)))
     paper = "arXiv 2408.07490"
-    rows.append(_row("AGPNet (paper)", paper, "mvtec", "one-class", None, dict(image_auroc=99.2, pixel_auroc=98.3)))
+    rows.append(_row("AGPNet (paper)", paper, "mvtec", "one-class", None,
+                     dict(image_auroc=99.2, pixel_auroc=98.3)))
     for shots, p_auroc in ((2, 96.2), (4, 97.3)):
         rows.append(_row("AGPNet (paper)", paper, "mvtec", "few-shot", shots, dict(pixel_auroc=p_auroc)))
     return rows

@@ -32,7 +32,8 @@ OPTIONAL = ("n_train", "few_shot_files", "data", "segments", "checkpoint")
 
 def build_record(cfg: RunConfig, *, categories: list[str], metrics: dict, n_test: int, weights: dict,
                  environment: dict, timings: dict, resolution: str, precision: str, epoch: str,
-                 loss_per_epoch: list[float], artifacts: dict, started: str, finished: str, **optional) -> dict:
+                 loss_per_epoch: list[float], artifacts: dict, started: str, finished: str,
+                 **optional) -> dict:
     """The record of a finished run of `cfg` (its config, dataset, setting and seed come from `cfg`).
 
     metrics: {category: {every METRICS key: fraction or None}, "mean": {...}}; weights: the
@@ -97,8 +98,9 @@ def _check_field(parent: dict, name: str, kind: type, source, prefix: str = "") 
                           f"expected the fields of {FORMAT}, docs/contracts.md)")
     value = parent[name]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        found = _JSON_TYPES.get(type(value), type(value).__name__)
         raise AgpnetError(f"{source}: run record field `{prefix}{name}` is "
-                          f"{_JSON_TYPES.get(type(value), type(value).__name__)}; expected {_JSON_TYPES[kind]}")
+                          f"{found}; expected {_JSON_TYPES[kind]}")
 
 
 _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",

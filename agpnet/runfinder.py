@@ -78,7 +78,8 @@ class RunsFound:
         """Self, or AgpnetError (one line: the resolved folder and what was found) without runs."""
         if not self.runs:
             what = f" with {' and '.join(self.needs)}" if self.needs else ""
-            raise AgpnetError(f"runs_dir {self.runs_dir}: no complete run{what} below it ({self._left_out_text()})")
+            raise AgpnetError(
+                f"runs_dir {self.runs_dir}: no complete run{what} below it ({self._left_out_text()})")
         return self
 
     def _left_out_text(self) -> str:

@@ -144,7 +144,8 @@ def to_markdown(table: Table, warning: str | None = None) -> str:
              "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS) + ["---"]) + "|"]
     if warning:
         lines[1:1] = ["", f"**WARNING: {_md_escape(warning)}**"]
-    lines += ["| " + " | ".join(_md_escape(str(v)) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += ["| " + " | ".join(_md_escape(str(v)) for v in row) + " |"
+              for row in frame.itertuples(index=False)]
     if table.note:
         lines += ["", f"*{_md_escape(table.note)}*"]
     return "\n".join(lines) + "\n"
@@ -166,7 +167,8 @@ def to_latex(table: Table, warning: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ablation_frame(frame: pd.DataFrame, factor: str, factors: tuple[str, ...] = ABLATION_FACTORS) -> pd.DataFrame:
+def ablation_frame(frame: pd.DataFrame, factor: str,
+                   factors: tuple[str, ...] = ABLATION_FACTORS) -> pd.DataFrame:
     """The "mean" rows of the runs that vary `factor` with every other factor at its baseline.
 
     `frame` is a `metrics_frame`. The baseline of a factor is its most frequent value over the
@@ -189,7 +191,8 @@ def ablation_frame(frame: pd.DataFrame, factor: str, factors: tuple[str, ...] = 
     return long
 
 
-def ablation_studies(frame: pd.DataFrame, factors: tuple[str, ...] = ABLATION_FACTORS) -> list[tuple[str, str, pd.DataFrame]]:
+def ablation_studies(frame: pd.DataFrame,
+                     factors: tuple[str, ...] = ABLATION_FACTORS) -> list[tuple[str, str, pd.DataFrame]]:
     """(title, factor, ablation_frame) for every (dataset, setting, shots) and every factor that
     takes two or more values there; empty when the runs hold no ablation."""
     studies = []
@@ -206,7 +209,8 @@ def ablation_studies(frame: pd.DataFrame, factors: tuple[str, ...] = ABLATION_FA
 def ablation_summary(long: pd.DataFrame, factor: str) -> pd.DataFrame:
     """Rows = values of the factor, columns = metrics, cells "mean ± std" over seeds (percent)."""
     stats = long.groupby([factor, "metric"], sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
-    stats["text"] = [format_value(m, s if n > 1 else None) for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
+    stats["text"] = [format_value(m, s if n > 1 else None)
+                     for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
     table = stats.pivot(index=factor, columns="metric", values="text")
     table = table[[c for c in COLUMNS.values() if c in table.columns]]
     seeds = long.groupby(factor)["run_dir"].nunique().rename("runs")
@@ -249,17 +253,17 @@ def _table(dataset: str, setting: str, shots, records: list[dict], published: bo
             note = (f"No published rows: the categories are not those of the {dataset} benchmark "
                     "(a dataset in its layout, e.g. the synthetic demo set).")
     elif published and ours != known and published_rows(dataset, setting, shots):
-        note = (f"Ours: {len(ours)} of the {len(known)} {dataset} categories; the published numbers are means over "
-                f"all {len(known)}, so the mean rows are not comparable.")
+        note = (f"Ours: {len(ours)} of the {len(known)} {dataset} categories; "
+                f"the published numbers are means over all {len(known)}, "
+                "so the mean rows are not comparable.")
     if published:
         for row in published_rows(dataset, setting, shots):
             label = f"{row['method']} (published)"
             values = [row["metrics"][k] for k in COLUMNS]
             means[(label, "mean")] = np.array([np.nan if v is None else v for v in values], dtype=float)
             stds[(label, "mean")] = np.full(len(COLUMNS), np.nan)
-            rows.append({"method": label, "category": "mean",
-                         **{c: MISSING if v is None else f"{v:.1f}" for c, v in zip(COLUMNS.values(), values)},
-                         "source": row["source"]})
+            cells = {c: MISSING if v is None else f"{v:.1f}" for c, v in zip(COLUMNS.values(), values)}
+            rows.append({"method": label, "category": "mean", **cells, "source": row["source"]})
     key = f"{dataset}_{setting}" + (f"_{shots}shot" if shots is not None else "")
     title = f"{dataset} {setting}" + (f" {shots}-shot" if shots is not None else "")
     columns = ["method", "category", *COLUMNS.values(), "source"]
@@ -326,7 +330,8 @@ def _repeat_values(runs: list[dict], category: str) -> list[float] | None:
             return None
         with warnings.catch_warnings():  # an all-NaN metric stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            return list(np.nanmean(np.array(per_category, dtype=float), axis=0))  # as MetricAccumulator's mean
+            # as MetricAccumulator's mean
+            return list(np.nanmean(np.array(per_category, dtype=float), axis=0))
     found = [_metric_list(r["metrics"][category]) for r in runs if category in r["metrics"]]
     return list(np.mean(np.array(found, dtype=float), axis=0)) if found else None
 

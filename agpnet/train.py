@@ -38,7 +38,8 @@ from agpnet.runtime import autocast, loader_workers
 log = logging.getLogger(__name__)
 
 SYNC_EVERY = 10  # steps between host syncs (loss check, progress bar)
-IMAGE_CACHE_SHARE = 0.25  # image_cache=auto keeps the decoded images on the GPU up to this share of its free memory
+# image_cache=auto keeps the decoded images on the GPU up to this share of its free memory
+IMAGE_CACHE_SHARE = 0.25
 # Fields that may change when resuming (meaning(resume=True) in agpnet.config): num_workers,
 # checkpoint_every and image_cache do not change the result; compile and compile_mode change the
 # floating-point rounding, so a run resumed with another compile setting (or on another device) is
@@ -56,7 +57,8 @@ class TrainResult:
     train_seconds: float  # this call's wall time, feature-cache pass included
     images_per_second: float  # training images processed per second of train_seconds (NaN if none)
     checkpoint: Path
-    segments: list[dict]  # each stretch of training: from_epoch, to_epoch, device, compile, compile_mode, feature_cache
+    # each stretch of training: from_epoch, to_epoch, device, compile, compile_mode, feature_cache
+    segments: list[dict]
     features_seconds: float = 0.0  # decoding the images and the feature-cache pass, before the first step
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # wall time of each epoch of this call
 
@@ -115,28 +117,33 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     n_images = 0
     cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
     if cfg.cache_features and getattr(train_set, "random_transform", False):
-        raise AgpnetError("train config cache_features=true: the training set applies a random transform, so cached "
-                          "features would go stale; use cache_features=false")
-    cache = FeatureCache(model, batches.in_order(), len(train_set), device, amp) if cfg.cache_features else None
-    segment = {"from_epoch": start_epoch, "to_epoch": start_epoch, "device": str(device), "compile": cfg.compile,
-               "compile_mode": cfg.compile_mode, "feature_cache": str(cache.features.dtype) if cache else None,
-               "image_cache": batches.place}
+        raise AgpnetError("train config cache_features=true: the training set applies a random transform, "
+                          "so cached features would go stale; use cache_features=false")
+    cache = None
+    if cfg.cache_features:
+        cache = FeatureCache(model, batches.in_order(), len(train_set), device, amp)
+    segment = {"from_epoch": start_epoch, "to_epoch": start_epoch, "device": str(device),
+               "compile": cfg.compile, "compile_mode": cfg.compile_mode,
+               "feature_cache": str(cache.features.dtype) if cache else None, "image_cache": batches.place}
     segments.append(segment)
     live.update(force=True, stage="train")
     features_seconds, epoch_seconds = time.perf_counter() - started, []
-    with tqdm(total=(cfg.epochs - start_epoch) * steps, disable=not progress, desc="train", unit="step") as bar:
+    total = (cfg.epochs - start_epoch) * steps
+    with tqdm(total=total, disable=not progress, desc="train", unit="step") as bar:
         for epoch in range(start_epoch, cfg.epochs):
             epoch_started = time.perf_counter()
             seed_epoch(cfg.seed, epoch, order)
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * cfg.batch_size / 8 * (cfg.lr_decay_gamma if epoch >= decay_epoch else 1.0)
+                decay = cfg.lr_decay_gamma if epoch >= decay_epoch else 1.0
+                group["lr"] = cfg.lr * cfg.batch_size / 8 * decay
             step_losses, checked = [], 0
             for i, (images, index) in enumerate(batches.shuffled()):
                 if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
                     torch.compiler.cudagraph_mark_step_begin()
                 clean = cache.get(index) if cache is not None else None
                 with amp:
-                    loss = model.training_loss(images, (epoch * steps + i) / (cfg.epochs * steps), clean=clean)
+                    t = (epoch * steps + i) / (cfg.epochs * steps)
+                    loss = model.training_loss(images, t, clean=clean)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -158,7 +165,8 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
                     bar.update(len(recent))
                     img_s = n_images / (time.perf_counter() - started)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(recent[-1]):.4g}", img_s=f"{img_s:.1f}")
-                    live.update(epoch=epoch + 1, step=epoch * steps + i + 1, loss=float(recent[-1]), img_s=img_s)
+                    live.update(epoch=epoch + 1, step=epoch * steps + i + 1, loss=float(recent[-1]),
+                                img_s=img_s)
             losses.append(float(torch.stack(step_losses).float().mean()))  # a host sync: the epoch is done
             epoch_seconds.append(time.perf_counter() - epoch_started)
             if epoch + 1 == cfg.epochs or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
@@ -169,7 +177,8 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     live.update(force=True, stage="trained")
-    if cfg.compile:  # evaluation runs the plain modules: one pass does not repay a compilation for its batch size
+    # evaluation runs the plain modules: one pass does not repay a compilation for its batch size
+    if cfg.compile:
         model.compile_in_place(None)
     model.eval()
     return TrainResult(losses, seconds, n_images / seconds, path, segments, features_seconds, epoch_seconds)
@@ -196,10 +205,11 @@ class TrainingBatches:
         self.decoded = None
         if self.place is not None:
             where = device if self.place == "device" else torch.device("cpu")
-            self.decoded = DecodedImages(train_set, where, self.workers, pin=self.place == "host" and device.type == "cuda")
+            pin = self.place == "host" and device.type == "cuda"
+            self.decoded = DecodedImages(train_set, where, self.workers, pin=pin)
         else:
-            self.loader = DataLoader(train_set, batch_size=cfg.batch_size,
-                                     sampler=RandomSampler(train_set, generator=order), num_workers=self.workers,
+            self.loader = DataLoader(train_set, batch_size=cfg.batch_size, num_workers=self.workers,
+                                     sampler=RandomSampler(train_set, generator=order),
                                      generator=torch.Generator().manual_seed(cfg.seed),
                                      pin_memory=device.type == "cuda", persistent_workers=self.workers > 0)
 
@@ -217,7 +227,8 @@ class TrainingBatches:
     def in_order(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every item once, in index order, as (images on the device, indices)."""
         if self.decoded is None:
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers)
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
+                                num_workers=self.workers)
             for batch in loader:
                 yield batch["image"].to(self.device, non_blocking=True), batch["index"]
             return
@@ -232,13 +243,13 @@ def image_cache_place(setting: str, train_set, device: torch.device) -> str | No
     if setting == "off":
         return None
     if getattr(train_set, "random_transform", False):
-        raise AgpnetError(f"train config image_cache={setting}: the training set applies a random transform, so "
-                          "decoded images would go stale; use image_cache=off")
+        raise AgpnetError(f"train config image_cache={setting}: the training set applies a random transform, "
+                          "so decoded images would go stale; use image_cache=off")
     if not hasattr(train_set, "read_pixels"):
         if setting == "auto":
             return None
-        raise AgpnetError(f"train config image_cache={setting}: this training set has no decoded pixels to keep "
-                          "(expected an AnomalyDataset); use image_cache=off")
+        raise AgpnetError(f"train config image_cache={setting}: this training set has no decoded pixels "
+                          "to keep (expected an AnomalyDataset); use image_cache=off")
     if setting != "auto":
         return setting
     if device.type != "cuda":

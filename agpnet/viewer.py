@@ -38,8 +38,8 @@ ORDERS = {
 }
 PRESETS = {"image": "this image", "category": "this category", "all": "all images"}
 ORACLE_NOTE = "test-set oracle thresholds, for inspection only"
-RERUN_HINT = ('If the viewer below reads "Error displaying widget: model not found", the kernel has restarted or '
-              "the notebook was reopened since it was drawn: re-run this cell.")
+RERUN_HINT = ('If the viewer below reads "Error displaying widget: model not found", '
+              "the kernel has restarted or the notebook was reopened since it was drawn: re-run this cell.")
 
 
 @dataclass
@@ -58,8 +58,8 @@ def load_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     record_path, maps_path = run_dir / "record.json", run_dir / "maps.npz"
     if not record_path.is_file():
-        raise AgpnetError(f"{record_path}: no run record (expected a finished run folder; for a folder of runs "
-                          "use ViewerApp(runs_dir), the viewer notebook's runs_dir)")
+        raise AgpnetError(f"{record_path}: no run record (expected a finished run folder; "
+                          "for a folder of runs use ViewerApp(runs_dir), the viewer notebook's runs_dir)")
     record = load_record(record_path)
     if not maps_path.is_file():
         raise AgpnetError(f"{maps_path}: no maps.npz (run with save_maps=true to use the viewer)")
@@ -143,8 +143,8 @@ def scores_frame(run: RunData, threshold: float) -> pd.DataFrame:
     for i in range(len(maps["scores"])):
         label, score = int(maps["labels"][i]), float(maps["scores"][i])
         rows.append({"path": str(maps["paths"][i]), "category": str(maps["categories"][i]),
-                     "defect": str(maps["defects"][i]), "label": label, "score": score, "threshold": threshold,
-                     "verdict": verdict(label, score, threshold),
+                     "defect": str(maps["defects"][i]), "label": label, "score": score,
+                     "threshold": threshold, "verdict": verdict(label, score, threshold),
                      "pixel_f1": pixel_f1(maps["anomaly_maps"][i], maps["masks"][i], threshold)})
     return pd.DataFrame(rows)
 
@@ -185,11 +185,13 @@ class RunViewer:
     bytes), `info.value` and `status.value` (HTML), `oracle_text` (after a best-F1 preset).
     Save PNG and Export CSV write to `out_dir` (default: <run_dir>/viewer)."""
 
-    def __init__(self, run_dir: str | Path, threshold: float | None = None, out_dir: str | Path | None = None):
+    def __init__(self, run_dir: str | Path, threshold: float | None = None,
+                 out_dir: str | Path | None = None):
         import ipywidgets as w
 
         self.run = load_run(run_dir)
-        self.out_dir = Path(out_dir).expanduser().absolute() if out_dir is not None else self.run.run_dir / "viewer"
+        self.out_dir = (Path(out_dir).expanduser().absolute() if out_dir is not None
+                        else self.run.run_dir / "viewer")
         maps = self.run.maps
         self.size = tuple(maps["anomaly_maps"].shape[1:])
         self.vmin, self.vmax = float(maps["anomaly_maps"].min()), float(maps["anomaly_maps"].max())
@@ -212,15 +214,17 @@ class RunViewer:
         self.image = w.Dropdown(options=[], description="image", layout=w.Layout(width="60%"))
         self.previous = w.Button(description="◀ prev", layout=w.Layout(width="80px"))
         self.next = w.Button(description="next ▶", layout=w.Layout(width="80px"))
+        initial = threshold if threshold is not None else (self.vmin + self.vmax) / 2
         self.threshold = w.FloatSlider(min=self.vmin, max=self.vmax + step, step=step, readout_format=".4g",
-                                       value=threshold if threshold is not None else (self.vmin + self.vmax) / 2,
+                                       value=initial,
                                        description="threshold", continuous_update=False,
                                        layout=w.Layout(width="60%"))
         self.presets = {key: w.Button(description=f"best F1: {label}", layout=w.Layout(width="auto"),
-                                      tooltip=f"the threshold with the best pixel F1 over {label} ({ORACLE_NOTE})")
+                                      tooltip=f"the threshold with the best pixel F1 over {label} "
+                                              f"({ORACLE_NOTE})")
                         for key, label in PRESETS.items()}
-        self.scale = w.ToggleButtons(options=[("per category", "category"), ("global", "global")], value="category",
-                                     style={"button_width": "110px"})
+        self.scale = w.ToggleButtons(options=[("per category", "category"), ("global", "global")],
+                                     value="category", style={"button_width": "110px"})
         self.header = w.HTML(self._header())
         self.info = w.HTML()
         self.picture = w.Image(format="png")
@@ -228,7 +232,8 @@ class RunViewer:
         self.save_png = w.Button(description="Save PNG", icon="download")
         self.export_csv = w.Button(description="Export CSV", icon="table")
         self.status = w.HTML(layout=w.Layout(width="auto"))
-        for name in ("category", "defect", "order", "image", "threshold", "scale", "info", "picture", "status"):
+        styled = ("category", "defect", "order", "image", "threshold", "scale", "info", "picture", "status")
+        for name in styled:
             getattr(self, name).add_class(f"agpnet-{name}")
         for key, button in self.presets.items():
             button.add_class(f"agpnet-preset-{key}")
@@ -257,7 +262,8 @@ class RunViewer:
         oracle = w.HTML(f"<i>{html.escape(ORACLE_NOTE)}:</i>")
         return w.VBox([self.header, w.HBox([self.category, self.defect, self.order]),
                        w.HBox([self.image, self.previous, self.next]), self.threshold,
-                       w.HBox([oracle, *self.presets.values()]), w.HBox([w.HTML("<i>colour scale:</i>"), self.scale]),
+                       w.HBox([oracle, *self.presets.values()]),
+                       w.HBox([w.HTML("<i>colour scale:</i>"), self.scale]),
                        self.info, self.picture,
                        w.HBox([self.save_png, self.export_csv, self.status]), self.attention])
 
@@ -285,7 +291,8 @@ class RunViewer:
             return
         self.indices = self._ordered(self._rows(self.category.value, self.defect.value), self.order.value)
         maps = self.run.maps
-        options = [(f"{Path(str(maps['paths'][i])).name}  [{maps['defects'][i]}]  score {maps['scores'][i]:.4g}", int(i))
+        options = [(f"{Path(str(maps['paths'][i])).name}  [{maps['defects'][i]}]  "
+                    f"score {maps['scores'][i]:.4g}", int(i))
                    for i in self.indices]
         self._holding = True
         try:
@@ -343,7 +350,8 @@ class RunViewer:
         if self.current is None or not self.picture.value:
             return None
         maps, i = self.run.maps, self.current
-        name = f"{maps['categories'][i]}_{Path(str(maps['paths'][i])).stem}_threshold-{self.threshold.value:.4g}.png"
+        name = (f"{maps['categories'][i]}_{Path(str(maps['paths'][i])).stem}"
+                f"_threshold-{self.threshold.value:.4g}.png")
         path = write_bytes(self.out_dir / _safe_name(name), bytes(self.picture.value))
         self.status.value = f"saved <code>{html.escape(str(path))}</code>"
         return path
@@ -395,8 +403,10 @@ class RunViewer:
                 f"normal: {Path(str(maps['paths'][reference])).name}"),
             size_px=PICTURE_PX, dpi=DPI)
         self._show_png(self.picture, to_png(figure, dpi=DPI, tight=False))
-        if self._attention_for != i and all(k in maps for k in ATTENTION_KEYS):  # does not depend on the threshold
-            figure = attention_panels(self._image(i), *(maps[k][i].astype(np.float32) for k in ATTENTION_KEYS))
+        # the attention panels do not depend on the threshold
+        if self._attention_for != i and all(k in maps for k in ATTENTION_KEYS):
+            arrays = (maps[k][i].astype(np.float32) for k in ATTENTION_KEYS)
+            figure = attention_panels(self._image(i), *arrays)
             self._show_png(self.attention, to_png(figure, dpi=DPI))
             self._attention_for = i
 
@@ -415,7 +425,8 @@ class RunViewer:
         parts = [f"<b>run</b> <code>{html.escape(str(run.run_dir))}</code>"]
         warning = weights_warning(run.record)
         if warning:
-            parts.append("<div class='agpnet-weights-warning' style='background:#b00;color:white;padding:4px 8px;"
+            parts.append("<div class='agpnet-weights-warning' "
+                         "style='background:#b00;color:white;padding:4px 8px;"
                          f"font-weight:bold'>WARNING: {html.escape(warning)}</div>")
         return "".join(parts)
 
@@ -432,14 +443,17 @@ class RunViewer:
         rank = self.indices.index(i) + 1 if i in self.indices else "-"
         fields = [("file", str(maps["paths"][i]), ""), ("category", str(maps["categories"][i]), ""),
                   ("defect", f"{maps['defects'][i]} ({'defective' if label else 'good'})", ""),
-                  ("image verdict", f"{result}, {name[result]}: score {score:.4g} {relation} threshold {threshold:.4g}",
+                  ("image verdict",
+                   f"{result}, {name[result]}: score {score:.4g} {relation} threshold {threshold:.4g}",
                    "agpnet-verdict"),
                   ("rank in list", f"{rank} of {len(self.indices)}", ""),
                   ("pixel F1 at threshold", f1_text, "agpnet-f1"),
                   ("pixels above threshold", f"{above}{everywhere} ({false_pixels} outside the mask)", "")]
         rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
                        f"<td class='{css}'>{html.escape(v)}</td></tr>" for k, v, css in fields)
-        oracle = f"<p class='agpnet-oracle'><i>{html.escape(self.oracle_text)}</i></p>" if self.oracle_text else ""
+        oracle = ""
+        if self.oracle_text:
+            oracle = f"<p class='agpnet-oracle'><i>{html.escape(self.oracle_text)}</i></p>"
         return f"<table>{rows}</table>{oracle}"
 
     def _scale(self, category: str) -> tuple[float, float]:
@@ -511,7 +525,8 @@ class ViewerApp:
         where = (f"<b>runs_dir</b> <code>{html.escape(str(self.found.runs_dir))}</code>: "
                  f"{len(self.found.runs)} run(s) with maps.npz")
         if self.found.left_out:
-            where += f" ({len(self.found.left_out)} left out: {html.escape('; '.join(self.found.left_out[:3]))})"
+            shown = html.escape("; ".join(self.found.left_out[:3]))
+            where += f" ({len(self.found.left_out)} left out: {shown})"
         self.where = w.HTML(where)
         self.viewer = RunViewer(self.picker.value, threshold=threshold, out_dir=out_dir)
         self.viewer_box = self.viewer.widget()
@@ -542,7 +557,8 @@ def heatmap_examples(run_dir: str | Path, n_defective: int = 3, n_good: int = 1)
 
     run = load_run(run_dir)
     maps = run.maps
-    good = [int(i) for i in np.argsort(-maps["scores"].astype(float), kind="stable") if int(maps["labels"][i]) == 0]
+    by_score = np.argsort(-maps["scores"].astype(float), kind="stable")
+    good = [int(i) for i in by_score if int(maps["labels"][i]) == 0]
     rows = _pick_defective(maps, n_defective) + good[:n_good]
     if not rows:
         raise AgpnetError(f"{run.run_dir / 'maps.npz'}: no test images")
@@ -559,9 +575,10 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
     """For a few defective test images (the highest-scored of each category in turn): the
     attention masks and both perturbations of the run's final model at training progress t.
 
-    Returns one dict per image: title, name (a PNG file name), image (S, S, 3), anomaly_map, mask (maps.npz size) and
-    stages [{progress, alpha, ratio, a_prior, a_learn, a_final (h, w), image_perturbed (S, S, 3),
-    feature_noise_std (h, w)}] with alpha(t) and the mask ratio r(t) of the run's schedules."""
+    Returns one dict per image: title, name (a PNG file name), image (S, S, 3), anomaly_map, mask
+    (maps.npz size) and stages [{progress, alpha, ratio, a_prior, a_learn, a_final (h, w),
+    image_perturbed (S, S, 3), feature_noise_std (h, w)}] with alpha(t) and the mask ratio r(t) of
+    the run's schedules."""
     import torch
 
     from agpnet.data import AnomalyDataset, Sample
@@ -577,16 +594,18 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
     model.eval()
     cfg = model.cfg
     rows = _pick_defective(run.maps, n_images)
-    samples = [Sample(image=Path(str(run.maps["paths"][i])),
-                      category=str(run.maps["categories"][i]), label=1, defect=str(run.maps["defects"][i]), mask=None)
+    samples = [Sample(image=Path(str(run.maps["paths"][i])), category=str(run.maps["categories"][i]),
+                      label=1, defect=str(run.maps["defects"][i]), mask=None)
                for i in rows]
     dataset = AnomalyDataset(samples, image_size=cfg.image_size, mean=model.mean, std=model.std)
     images = torch.stack([dataset[k]["image"] for k in range(len(samples))]).to(device)
-    results = [{"title": f"{run.maps['categories'][i]} / {run.maps['defects'][i]} / {Path(str(run.maps['paths'][i])).name}",
+    results = [{"title": f"{run.maps['categories'][i]} / {run.maps['defects'][i]} / "
+                         f"{Path(str(run.maps['paths'][i])).name}",
                 "name": _safe_name(f"{run.maps['categories'][i]}_{run.maps['defects'][i]}_"
                                    f"{Path(str(run.maps['paths'][i])).stem}.png"),
                 "image": denormalize(images[k], model.mean, model.std),
-                "anomaly_map": run.maps["anomaly_maps"][i], "mask": run.maps["masks"][i].astype(bool), "stages": []}
+                "anomaly_map": run.maps["anomaly_maps"][i], "mask": run.maps["masks"][i].astype(bool),
+                "stages": []}
                for k, i in enumerate(rows)]
     with torch.inference_mode():
         for t in progresses:
@@ -614,8 +633,8 @@ def attention_figures(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0
 
     figures = []
     for example in attention_stages(run_dir, n_images=n_images, progresses=progresses, device=device):
-        figure = perturbation_stages(example["image"], example["stages"], example["anomaly_map"], example["mask"],
-                                     title=example["title"])
+        figure = perturbation_stages(example["image"], example["stages"], example["anomaly_map"],
+                                     example["mask"], title=example["title"])
         if out_dir is not None:
             write_bytes(Path(out_dir) / "attention_masks" / example["name"], to_png(figure))
         figures.append(figure)

@@ -49,10 +49,11 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
     except FileNotFoundError:
         raise AgpnetError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise AgpnetError(f"{path}: cannot read the {what} ({err.__class__.__name__}: {err}); expected a YAML text file") from None
+        raise AgpnetError(f"{path}: cannot read the {what} ({err.__class__.__name__}: {err}); "
+                          "expected a YAML text file") from None
     except DuplicateKey as err:
-        raise AgpnetError(f"{path} line {err.line}: key {err.key!r} was already given on line {err.first_line}; "
-                          "expected each key once") from None
+        raise AgpnetError(f"{path} line {err.line}: key {err.key!r} was already given "
+                          f"on line {err.first_line}; expected each key once") from None
     except yaml.YAMLError as err:
         raise AgpnetError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(values, dict):

@@ -3,7 +3,8 @@
     split = load_split("mvtec", "/data/mvtec", "one-class", category="bottle")
     train_set = AnomalyDataset(split.train, image_size=256)
 
-Image files (EXIF orientation applied) are read by `agpnet.data.imagefile`. The synthetic demo dataset lives in `agpnet.data.synth` (imported on demand).
+Image files (EXIF orientation applied) are read by `agpnet.data.imagefile`. The synthetic demo dataset
+lives in `agpnet.data.synth` (imported on demand).
 """
 
 from agpnet.data.dataset import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, denormalize

@@ -95,7 +95,8 @@ class AnomalyDataset(Dataset):
 
     def _decode(self, sample: Sample) -> np.ndarray:
         size = (self.image_size, self.image_size)
-        image = load_rgb(sample.image, draft_size=size if self.fast_jpeg else None).resize(size, Image.BILINEAR)
+        draft_size = size if self.fast_jpeg else None
+        image = load_rgb(sample.image, draft_size=draft_size).resize(size, Image.BILINEAR)
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
     def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:

@@ -14,7 +14,8 @@ class DecodedImages:
     """uint8 pixels of every item of an AnomalyDataset-like `dataset` (it must have
     read_pixels(index) -> uint8 (3, S, S) and normalize(pixels))."""
 
-    def __init__(self, dataset, device: torch.device, workers: int = 0, pin: bool = False, batch_size: int = 32):
+    def __init__(self, dataset, device: torch.device, workers: int = 0, pin: bool = False,
+                 batch_size: int = 32):
         self.dataset = dataset
         n, s = len(dataset), dataset.image_size
         self.pixels = torch.empty(n, 3, s, s, dtype=torch.uint8, device=device, pin_memory=pin)

@@ -18,9 +18,9 @@ from agpnet.errors import AgpnetError
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # EXIF orientation -> the turn that shows the pixels upright (2-8; 1 = as stored)
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+            7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 _TRANSPOSED = (5, 6, 7, 8)  # the orientations that swap width and height
 
 
@@ -36,7 +36,8 @@ def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
             return width, height
     except _DECODE_ERRORS as err:
         reason = " ".join(str(err).split())
-        raise AgpnetError(f"{path}: cannot read {what} (expected a PNG/JPEG/BMP/TIFF file): {reason}") from err
+        raise AgpnetError(
+            f"{path}: cannot read {what} (expected a PNG/JPEG/BMP/TIFF file): {reason}") from err
 
 
 def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None) -> Image.Image:
@@ -51,7 +52,8 @@ def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None)
             return _to_rgb(_upright(image, orientation))
     except _DECODE_ERRORS as err:
         reason = " ".join(str(err).split())
-        raise AgpnetError(f"{path}: cannot decode image (expected a readable PNG/JPEG/BMP/TIFF): {reason}") from err
+        raise AgpnetError(
+            f"{path}: cannot decode image (expected a readable PNG/JPEG/BMP/TIFF): {reason}") from err
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:

@@ -146,7 +146,8 @@ def _sorted_pixels(parts: Sequence) -> _SortedPixels:
         for i in range(0, len(maps), step):
             flat = maps[i : i + step].reshape(-1)
             _check_no_nan(flat, "maps")
-            regions, region_sizes = label_regions(unpack_masks(packed_masks[i : i + step], shape), n_regions + 1)
+            regions, region_sizes = label_regions(unpack_masks(packed_masks[i : i + step], shape),
+                                                  n_regions + 1)
             regions = regions.reshape(-1)
             if isinstance(flat, torch.Tensor):
                 regions = torch.from_numpy(regions).to(flat.device)

@@ -13,7 +13,8 @@ _BIT_VALUES = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' (big-endian) bit ord
 
 
 def pack_masks(masks) -> np.ndarray:
-    """(N, H, W) masks (bool, or numbers binarised with > 0), numpy or torch -> (N, ceil(H*W/8)) uint8 on the host."""
+    """(N, H, W) masks (bool, or numbers binarised with > 0), numpy or torch
+    -> (N, ceil(H*W/8)) uint8 on the host."""
     n = masks.shape[0]
     if not isinstance(masks, torch.Tensor):
         return np.packbits(np.asarray(masks).reshape(n, -1) > 0, axis=1)

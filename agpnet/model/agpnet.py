@@ -35,7 +35,8 @@ class AGPNet(nn.Module):
         self.grid = self.encoder.grid
         dim = self.encoder.dim
         if dim % cfg.decoder_heads:
-            raise AgpnetError(f"model config decoder_heads={cfg.decoder_heads}: must divide the encoder width {dim}")
+            raise AgpnetError(
+                f"model config decoder_heads={cfg.decoder_heads}: must divide the encoder width {dim}")
         self.decoder = Decoder(dim, self.grid, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp_ratio)
         self.decoder_ema = copy.deepcopy(self.decoder).requires_grad_(False) if cfg.ema_decoder else None
         self.perturbation = Perturbation(cfg)  # the training-only branch: attention, noise, schedules
@@ -96,7 +97,8 @@ class AGPNet(nn.Module):
         else:
             f_clean, a_prior = clean[0].float(), clean[1].float()
         inputs = policy.inputs(self, images, f_clean, a_prior, progress, generator)["decoder_inputs"]
-        recon = self.decoder(torch.cat(inputs))  # both branches in one batch: the mean is (L_feat + L_img,feat) / 2
+        # both branches in one batch: the mean is (L_feat + L_img,feat) / 2
+        recon = self.decoder(torch.cat(inputs))
         return token_mse(recon, f_clean.repeat(len(inputs), 1, 1))
 
     def ema_decay(self, step: int) -> float:

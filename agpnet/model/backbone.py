@@ -46,7 +46,8 @@ RANDOM_WARNING = ("the encoder has RANDOM weights, not the pretrained {backbone}
 
 
 def create_backbone(cfg: AGPNetConfig, weights: str | Path = "hub") -> tuple[nn.Module, dict]:
-    """The timm ViT for cfg with its weights from `weights` (see the module docstring), and its weights_info."""
+    """The timm ViT for cfg with its weights from `weights` (see the module docstring), and its
+    weights_info."""
     name = cfg.backbone
     if not timm.is_model(name):
         raise AgpnetError(f"model config backbone={name!r}: not a timm model name")
@@ -61,22 +62,23 @@ def create_backbone(cfg: AGPNetConfig, weights: str | Path = "hub") -> tuple[nn.
         except _HubUnavailable as err:
             if weights == "hub":
                 raise AgpnetError(
-                    f"weights 'hub': the pretrained {name} could not be loaded ({err}); pass --weights PATH to a "
-                    f"local weights file or to a folder from `agpnet weights download {name} --to DIR` (run that "
-                    "on a machine with internet), or --weights auto to train on random weights for a demo") from None
-            warning = f"pretrained weights of {name} could not be downloaded ({err}); " + RANDOM_WARNING.format(
-                backbone=name)
+                    f"weights 'hub': the pretrained {name} could not be loaded ({err}); "
+                    "pass --weights PATH to a local weights file or to a folder from "
+                    f"`agpnet weights download {name} --to DIR` (run that on a machine with internet), "
+                    "or --weights auto to train on random weights for a demo") from None
+            warning = (f"pretrained weights of {name} could not be downloaded ({err}); "
+                       + RANDOM_WARNING.format(backbone=name))
             _announce(warning)
-            return random_backbone(cfg), {"source": f"random (hub download failed: {err})", "pretrained": False,
-                                          "warning": warning}
+            return random_backbone(cfg), {"source": f"random (hub download failed: {err})",
+                                          "pretrained": False, "warning": warning}
     path = Path(weights)
     if path.is_dir():
         path, sha256 = weights_file_in(path, name)
     elif path.is_file():
         sha256 = file_sha256(path)
     else:
-        raise AgpnetError(f"{path}: weights file not found; expected 'hub', 'auto', 'random', a timm weights file "
-                          f"for {name} or a folder from `agpnet weights download`")
+        raise AgpnetError(f"{path}: weights file not found; expected 'hub', 'auto', 'random', "
+                          f"a timm weights file for {name} or a folder from `agpnet weights download`")
     vit, unwrapped = file_backbone(cfg, path)
     info = {"source": f"file:{path.resolve()}", "pretrained": True, "warning": None, "sha256": sha256,
             "unwrapped": unwrapped}
@@ -155,13 +157,15 @@ def file_backbone(cfg: AGPNetConfig, path: Path) -> tuple[nn.Module, str | None]
         try:
             vit.load_pretrained(str(path))
         except Exception as err:
-            raise AgpnetError(f"{path}: not loadable as weights of {cfg.backbone} ({_one_line(err)})") from None
+            raise AgpnetError(
+                f"{path}: not loadable as weights of {cfg.backbone} ({_one_line(err)})") from None
         return vit, None
     state, prefix = _match_keys(_flatten(read_state_dict(path)), vit, path, cfg.backbone)
     try:
         vit.load_state_dict(state, strict=True)
     except RuntimeError as err:  # a shape does not fit
-        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), _one_line(err))
+        mismatches = (line.strip() for line in str(err).splitlines() if "size mismatch" in line)
+        first = next(mismatches, _one_line(err))
         raise AgpnetError(f"{path}: not the weights of {cfg.backbone}: {first[:300]}") from None
     return vit, prefix or None
 
@@ -189,7 +193,8 @@ def _match_keys(state: dict, vit: nn.Module, path: Path, backbone: str) -> tuple
     _, missing, unexpected = min(mismatches, key=lambda m: m[0])
     shown = ", ".join([*(f"-{k}" for k in missing[:3]), *(f"+{k}" for k in unexpected[:3])])
     raise AgpnetError(f"{path}: not the weights of {backbone}: {len(missing)} of its tensors missing, "
-                      f"{len(unexpected)} unexpected ({shown}); expected a checkpoint of exactly this backbone")
+                      f"{len(unexpected)} unexpected ({shown}); "
+                      "expected a checkpoint of exactly this backbone")
 
 
 def read_state_dict(path: Path) -> dict:
@@ -203,7 +208,8 @@ def read_state_dict(path: Path) -> dict:
     except Exception as err:
         raise AgpnetError(f"{path}: not loadable as a weights file ({_one_line(err)})") from None
     if not isinstance(state, dict):
-        raise AgpnetError(f"{path}: not loadable as a weights file (expected a state dict, got {type(state).__name__})")
+        raise AgpnetError(
+            f"{path}: not loadable as a weights file (expected a state dict, got {type(state).__name__})")
     return state
 
 
@@ -258,7 +264,8 @@ def download_weights(backbones: list[str], folder: str | Path) -> list[dict]:
         source = (pretrained_cfg.hf_hub_id or pretrained_cfg.url) if pretrained_cfg is not None else None
         state = pretrained_state_dict(name)
         file = folder / f"{name}.safetensors"
-        atomic_write(file, lambda tmp, state=state: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp)))
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        atomic_write(file, lambda tmp, tensors=tensors: save_file(tensors, str(tmp)))
         manifest = {"backbone": name, "source": source, "file": file.name, "sha256": file_sha256(file),
                     "size": file.stat().st_size, "timm": timm.__version__, "saved": timestamp()}
         write_json(folder / manifest_name(name), manifest)
@@ -282,7 +289,8 @@ def list_weights(folder: str | Path) -> list[dict]:
     """The manifests of a weights folder, each with "ok" (file present with the recorded sha256)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise AgpnetError(f"{folder}: no such weights folder (expected one written by `agpnet weights download`)")
+        raise AgpnetError(
+            f"{folder}: no such weights folder (expected one written by `agpnet weights download`)")
     found = []
     for path in sorted(folder.glob("*.json")):
         manifest = _read_manifest(path)
@@ -305,8 +313,8 @@ def weights_file_in(folder: Path, backbone: str) -> tuple[Path, str]:
         raise AgpnetError(f"{file}: weights file listed in {path} is missing")
     sha256 = file_sha256(file)
     if sha256 != manifest["sha256"]:
-        raise AgpnetError(f"{file}: sha256 {sha256[:12]}... does not match {manifest['sha256'][:12]}... recorded in "
-                          f"{path}; the file is damaged or was replaced: download it again")
+        raise AgpnetError(f"{file}: sha256 {sha256[:12]}... does not match {manifest['sha256'][:12]}... "
+                          f"recorded in {path}; the file is damaged or was replaced: download it again")
     return file, sha256
 
 
@@ -315,7 +323,8 @@ def _read_manifest(path: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise AgpnetError(f"{path}: not a readable weights manifest ({_one_line(err)})") from None
-    if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k), str) for k in ("backbone", "file", "sha256")):
+    fields = ("backbone", "file", "sha256")
+    if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k), str) for k in fields):
         raise AgpnetError(f"{path}: not a weights manifest (expected backbone, file and sha256 fields)")
     if Path(manifest["file"]).name != manifest["file"]:
         raise AgpnetError(f"{path}: file {manifest['file']!r} must be a plain file name in the same folder")
@@ -325,7 +334,8 @@ def _read_manifest(path: Path) -> dict:
 def _check_patch_size(vit: nn.Module, cfg: AGPNetConfig) -> None:
     patch = getattr(getattr(vit, "patch_embed", None), "patch_size", (1, 1))
     if cfg.image_size % patch[0] or cfg.image_size % patch[1]:
-        raise AgpnetError(f"model config image_size={cfg.image_size}: must be a multiple of the patch size {patch}")
+        raise AgpnetError(
+            f"model config image_size={cfg.image_size}: must be a multiple of the patch size {patch}")
 
 
 def _announce(warning: str) -> None:

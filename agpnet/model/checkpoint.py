@@ -45,7 +45,8 @@ def save_checkpoint(path: Path, model: AGPNet, optimizer, cfg: TrainConfig, epoc
         "loss_per_epoch": list(losses),
         "data": data,
         "segments": [dict(s) for s in segments],
-        "versions": {"agpnet": agpnet.__version__, "torch": str(torch.__version__), "timm": str(timm.__version__)},
+        "versions": {"agpnet": agpnet.__version__, "torch": str(torch.__version__),
+                     "timm": str(timm.__version__)},
     }
     return atomic_write(path, lambda tmp: _torch_save(state, tmp))
 
@@ -89,21 +90,25 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
-        raise AgpnetError(f"{path}: not a readable agpnet checkpoint ({' '.join(str(err).split())[:200]})") from None
+        reason = " ".join(str(err).split())[:200]
+        raise AgpnetError(f"{path}: not a readable agpnet checkpoint ({reason})") from None
     found = state.get("format") if isinstance(state, dict) else None
     if isinstance(found, str) and found.startswith("agpnet-checkpoint-") and found != CHECKPOINT_FORMAT:
-        raise AgpnetError(f"{path}: checkpoint format {found!r} is not the one this agpnet {agpnet.__version__} "
-                          f"reads ({CHECKPOINT_FORMAT!r}); use the agpnet version that wrote it")
+        raise AgpnetError(f"{path}: checkpoint format {found!r} is not the one "
+                          f"this agpnet {agpnet.__version__} reads ({CHECKPOINT_FORMAT!r}); "
+                          "use the agpnet version that wrote it")
     if found != CHECKPOINT_FORMAT:
         raise AgpnetError(f"{path}: not an agpnet checkpoint (expected format {CHECKPOINT_FORMAT})")
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if missing:
         raise AgpnetError(f"{path}: damaged checkpoint, it lacks {', '.join(missing)}")
-    for key, build in (("model_config", AGPNetConfig.from_dict), ("train_config", lambda d: TrainConfig(**d))):
+    builders = (("model_config", AGPNetConfig.from_dict), ("train_config", lambda d: TrainConfig(**d)))
+    for key, build in builders:
         try:
             build(state[key])
         except (AgpnetError, TypeError, ValueError) as err:
-            raise AgpnetError(f"{path}: its {key.replace('_', ' ')} is not valid for this agpnet ({err})") from None
+            raise AgpnetError(
+                f"{path}: its {key.replace('_', ' ')} is not valid for this agpnet ({err})") from None
     return state
 
 

@@ -41,7 +41,8 @@ class DecoderBlock(nn.Module):
 class Decoder(nn.Module):
     """(B, h*w, C) features -> (B, h*w, C) reconstruction; learned positional embedding, no CLS."""
 
-    def __init__(self, dim: int, grid: tuple[int, int], depth: int = 4, heads: int = 6, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, grid: tuple[int, int], depth: int = 4, heads: int = 6,
+                 mlp_ratio: float = 4.0):
         super().__init__()
         self.grid = tuple(grid)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))

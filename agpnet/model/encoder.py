@@ -51,7 +51,8 @@ class Encoder(nn.Module):
             if not hasattr(vit, name):
                 raise AgpnetError(f"backbone {type(vit).__name__}: not a timm VisionTransformer (no {name})")
         if max(blocks) > len(vit.blocks):
-            raise AgpnetError(f"model config blocks={tuple(blocks)}: the backbone has {len(vit.blocks)} blocks")
+            raise AgpnetError(
+                f"model config blocks={tuple(blocks)}: the backbone has {len(vit.blocks)} blocks")
         self.vit = vit
         self.taps = tuple(blocks)  # 1-indexed tapped blocks
         self.num_prefix_tokens = vit.num_prefix_tokens

@@ -129,15 +129,16 @@ class Perturbation:
             scores = torch.rand(a_final.shape, device=a_final.device, generator=generator)
         return perturb_image(images, scores, self.mask_ratio(t), self.cfg.image_noise_std, generator)
 
-    def inputs(self, model, images: torch.Tensor, f_clean: torch.Tensor, a_prior: torch.Tensor | None, t: float,
-               generator: torch.Generator | None = None, training: bool = True) -> dict:
+    def inputs(self, model, images: torch.Tensor, f_clean: torch.Tensor, a_prior: torch.Tensor | None,
+               t: float, generator: torch.Generator | None = None, training: bool = True) -> dict:
         """The perturbed inputs of a batch at progress t, for `model` (its encode_clean and
         learned_attention): {"decoder_inputs": [(B, N, C) per enabled branch: the feature-perturbed
         clean features, the features of the image-perturbed image], "feature_noise_std": (B, N) of
         the clean branch, "image_perturbed": (B, 3, S, S), "image_mask": (B, S, S) bool}.
         training=False (previews) draws no feature noise and does not encode the perturbed image."""
         b = images.shape[0]
-        out = {"decoder_inputs": [f_clean], "feature_noise_std": torch.zeros(b, f_clean.shape[1], device=images.device),
+        out = {"decoder_inputs": [f_clean],
+               "feature_noise_std": torch.zeros(b, f_clean.shape[1], device=images.device),
                "image_perturbed": images,
                "image_mask": torch.zeros(b, *images.shape[-2:], dtype=torch.bool, device=images.device)}
         if not self.active:
@@ -153,8 +154,8 @@ class Perturbation:
         if self.image_branch:
             out["image_perturbed"], out["image_mask"] = self.perturb_image(images, a_final, t, generator)
             if training:
-                out["decoder_inputs"].append(self._image_branch_features(model, out["image_perturbed"], weight, t,
-                                                                         generator))
+                features = self._image_branch_features(model, out["image_perturbed"], weight, t, generator)
+                out["decoder_inputs"].append(features)
         return out
 
     def _image_branch_features(self, model, perturbed: torch.Tensor, weight: torch.Tensor, t: float,
