@@ -10,7 +10,9 @@
 #      synthetic set, generated once into $SPEED_DATA and reused): each compile mode with the
 #      image cache on the device, and CUDA graphs without the image cache. Its JSON lines are
 #      appended, with the step, command and date, to $RESULTS and to $OUT/train_speed.jsonl.
-#   6. packing (needs Ray: pip install -e '.[ray]'): 4 identical short training cells of a sweep on
+#   6. evaluation precision (benchmarks/eval_precision.py): one checkpoint evaluated with
+#      eval_precision fp32 and bf16, the time of each and the largest metric difference;
+#   7. packing (needs Ray: pip install -e '.[ray]'): 4 identical short training cells of a sweep on
 #      one GPU under the Ray executor, at --gpus-per-cell 1 and 0.25; the aggregate img/s ratio
 #      (benchmarks/sweep_scaling.py --packing; about 3 minutes; alone: STEPS=packing).
 # Each step has its own time limit and the script goes on when one fails; it exits 1 if any
@@ -100,6 +102,7 @@ speed speed_none 180 --compile-mode none --image-cache device
 speed speed_default 240 --compile-mode default --image-cache device
 speed speed_cudagraphs 240 --compile-mode reduce-overhead --image-cache device
 speed speed_cudagraphs_nocache 240 --compile-mode reduce-overhead --image-cache off
+step eval_precision 180 "$PY" benchmarks/eval_precision.py --device cuda --epochs 5
 step packing 300 "$PY" benchmarks/sweep_scaling.py --packing --cells 4 --epochs 10
 grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl"
 grep -h '^{"packed_img_s"' "$LOG" >"$OUT/packing.jsonl"
