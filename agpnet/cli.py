@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "lists as 3,6,9,12; booleans as true/false.")
     run.add_argument("--config", help="YAML file of config fields (flags given here override it)")
     run.add_argument("--out", dest="out_dir", help="run folder (record.json, checkpoint.pt, maps.npz)")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/checkpoint.pt")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from RUN_DIR/checkpoint.pt")
     run.add_argument("--overwrite", action="store_true", help="replace a complete run already in RUN_DIR")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(run)
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resolution", choices=EVAL_RESOLUTIONS, default="input",
                     help="compare maps and masks at the model's input size or at each image's original size")
     ev.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                    help="fp32: model and stored maps in fp32; bf16: bf16 autocast on CUDA, maps stored as float16")
+                    help="fp32: model and stored maps in fp32; "
+                         "bf16: bf16 autocast on CUDA, maps stored as float16")
     ev.add_argument("--out", required=True)
     ev.add_argument("--overwrite", action="store_true", help="replace a complete evaluation already in --out")
     ev.set_defaults(handler=_cmd_eval)
@@ -96,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(handler=_cmd_predict)
 
     sm = commands.add_parser("mvtec2-submission",
-                             help="MVTec AD 2: anomaly maps of test_private and test_private_mixed for MVTec's "
-                                  "evaluation server (thresholds from validation/good)")
+                             help="MVTec AD 2: anomaly maps of test_private and test_private_mixed "
+                                  "for MVTec's evaluation server (thresholds from validation/good)")
     sm.add_argument("--checkpoint", required=True)
-    sm.add_argument("--root", required=True, help="the MVTec AD 2 folder (<root>/<category>/test_private/ ...)")
-    sm.add_argument("--out", required=True, help="the submission folder: anomaly_images/, anomaly_images_thresholded/")
+    sm.add_argument("--root", required=True,
+                    help="the MVTec AD 2 folder (<root>/<category>/test_private/ ...)")
+    sm.add_argument("--out", required=True,
+                    help="the submission folder: anomaly_images/, anomaly_images_thresholded/")
     sm.add_argument("--category", help="comma-separated categories [those the checkpoint was trained on]")
     sm.add_argument("--device", default="auto")
     sm.add_argument("--batch-size", default=16)
@@ -115,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--image-size", help="demo scale only [256]")
     sy.add_argument("--n-train", help="demo scale only [80]")
     sy.add_argument("--n-test", help="demo scale only [40]")
-    sy.add_argument("--fraction", type=float, default=1.0, help="mvtec scale only: this share of each count [1.0]")
+    sy.add_argument("--fraction", type=float, default=1.0,
+                    help="mvtec scale only: this share of each count [1.0]")
     sy.add_argument("--workers", help="rendering processes [1 for demo, every CPU for mvtec]")
     sy.set_defaults(handler=_cmd_synth)
 
@@ -127,11 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
     sw.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     sw.add_argument("--rerun-changed", action="store_true",
-                    help="run done cells again whose fields changed (their old record is kept as record.previous.json)")
+                    help="run done cells again whose fields changed "
+                         "(their old record is kept as record.previous.json)")
     ray = sw.add_argument_group("executor (also the sweep file's `executor:` section; these flags win)")
     ray.add_argument("--executor", dest="kind", metavar="local|ray",
                      help="local: cells one after another here (default); ray: Ray tasks, several at once")
-    ray.add_argument("--address", help="ray: join a running Ray cluster (auto or HOST:PORT); default: a local one")
+    ray.add_argument("--address",
+                     help="ray: join a running Ray cluster (auto or HOST:PORT); default: a local one")
     ray.add_argument("--gpus-per-cell", metavar="F", help="ray: GPUs per cell, e.g. 0.25 (4 cells per GPU)")
     ray.add_argument("--cpus-per-cell", metavar="N", help="CPUs per cell, also its torch threads")
     ray.add_argument("--max-concurrent", metavar="N", help="ray: at most N cells at once")
@@ -140,14 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     we = commands.add_parser("weights", help="pretrained encoder weights for machines without internet")
     weights = we.add_subparsers(dest="weights_command", required=True)
     dl = weights.add_parser("download", help="save timm's pretrained weights of each backbone into a folder")
-    dl.add_argument("backbones", nargs="+", metavar="BACKBONE", help="timm model name, e.g. vit_small_patch16_224.dino")
+    dl.add_argument("backbones", nargs="+", metavar="BACKBONE",
+                    help="timm model name, e.g. vit_small_patch16_224.dino")
     dl.add_argument("--to", required=True, metavar="DIR", help="the folder to pass later as --weights DIR")
     dl.set_defaults(handler=_cmd_weights_download)
     ls = weights.add_parser("list", help="what a weights folder holds, with a sha256 check")
     ls.add_argument("folder", metavar="DIR")
     ls.set_defaults(handler=_cmd_weights_list)
 
-    rp = commands.add_parser("report", help="HTML report (tables, attention, ablations) over a folder of runs")
+    rp = commands.add_parser("report",
+                             help="HTML report (tables, attention, ablations) over a folder of runs")
     rp.add_argument("runs_dir")
     rp.add_argument("--out", required=True)
     rp.set_defaults(handler=_cmd_report)
@@ -224,7 +233,8 @@ def _cmd_predict(args) -> int:
     from agpnet.predict import predict_images
 
     batch_size = _integer(args.batch_size, "--batch-size", minimum=1)
-    csv_path = predict_images(args.checkpoint, args.inputs, args.out, device=args.device, batch_size=batch_size)
+    csv_path = predict_images(args.checkpoint, args.inputs, args.out, device=args.device,
+                              batch_size=batch_size)
     print(f"scores: {csv_path}")
     return 0
 
@@ -232,7 +242,8 @@ def _cmd_predict(args) -> int:
 def _cmd_mvtec2_submission(args) -> int:
     from agpnet.submission import MVTEC2_CATEGORIES, write_submission
 
-    thresholds = write_submission(args.checkpoint, args.root, args.out, categories=args.category, device=args.device,
+    thresholds = write_submission(args.checkpoint, args.root, args.out, categories=args.category,
+                                  device=args.device,
                                   batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
                                   overwrite=args.overwrite)
     for category, threshold in thresholds.items():
@@ -249,8 +260,8 @@ def _cmd_synth(args) -> int:
 
     started = time.perf_counter()
     optional = {name: None if getattr(args, name) is None else _integer(getattr(args, name), flag)
-                for name, flag in (("image_size", "--image-size"), ("n_train", "--n-train"), ("n_test", "--n-test"),
-                                   ("workers", "--workers"))}
+                for name, flag in (("image_size", "--image-size"), ("n_train", "--n-train"),
+                                   ("n_test", "--n-test"), ("workers", "--workers"))}
     root = write_synthetic_dataset(args.out, seed=_integer(args.seed, "--seed"), scale=args.scale,
                                    fraction=args.fraction, **optional)
     print(f"synthetic dataset: {root} ({time.perf_counter() - started:.1f} s)")

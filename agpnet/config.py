@@ -64,13 +64,17 @@ def meaning(kind: str = "recipe", resume: bool = False, ablation: bool = False) 
 RUNTIME = meaning("runtime")
 
 
-def field_names(kind: str | None = None, resume: bool | None = None, ablation: bool | None = None) -> tuple[str, ...]:
+def field_names(kind: str | None = None, resume: bool | None = None,
+                ablation: bool | None = None) -> tuple[str, ...]:
     """The flat field names (RunConfig order) whose meaning() matches every argument given."""
-    wanted = {k: v for k, v in {"kind": kind, "resume": resume, "ablation": ablation}.items() if v is not None}
+    given = {"kind": kind, "resume": resume, "ablation": ablation}
+    wanted = {k: v for k, v in given.items() if v is not None}
     names = []
     for section in (*SECTIONS.values(), RunConfig):
         for f in dataclasses.fields(section):
-            if f.name not in SECTIONS and all(f.metadata.get(k, meaning()[k]) == v for k, v in wanted.items()):
+            if f.name in SECTIONS:
+                continue
+            if all(f.metadata.get(k, meaning()[k]) == v for k, v in wanted.items()):
                 names.append(f.name)
     return tuple(names)
 
@@ -106,17 +110,20 @@ class AGPNetConfig:
     # [paper] A_learn from an EMA copy of the decoder (ablation 4)
     ema_decoder: bool = field(default=True, metadata=meaning(ablation=True))
     ema_decay: float = 0.999  # [default] eta
-    ema_warmup: bool = True  # [default] eta_t = min(eta, (1 + t) / (10 + t)) at optimiser step t (TF's num_updates)
+    # [default] eta_t = min(eta, (1 + t) / (10 + t)) at optimiser step t (TF's num_updates)
+    ema_warmup: bool = True
     alpha_max: float = 20.0  # [default] attention weight of the feature noise at the end of training
     # [paper] linear increase (ablation 5)
     alpha_schedule: str = field(default="linear", metadata=meaning(ablation=True))
     schedule_steps: int = 4  # [default] number of levels of the "step" schedules
     beta: float = 1.0  # [default] attention-independent part of the feature noise
-    feature_noise_scale: str = "token_norm"  # [default] E ~ N(0,1) * ||f||_2 / C per token ("unit": no scaling)
+    # [default] E ~ N(0,1) * ||f||_2 / C per token ("unit": no scaling)
+    feature_noise_scale: str = "token_norm"
     mask_ratio_max: float = 0.5  # [default] image noise: fraction of pixels masked at the end of training
     mask_ratio_schedule: str = "linear"  # [paper] the mask ratio grows over training
     image_noise_std: float = 0.2  # [default] Gaussian noise std inside the mask (normalised pixel units)
-    image_branch_attention: str = "clean"  # [default] A_final of the clean image also weights the perturbed one's feature noise
+    # [default] A_final of the clean image also weights the perturbed one's feature noise
+    image_branch_attention: str = "clean"
 
     # Anomaly map and score.
     smoothing_sigma: float = 4.0  # [default] Gaussian smoothing of the map (px); 0 = off
@@ -128,7 +135,8 @@ class AGPNetConfig:
         self.backbone_kwargs = dict(self.backbone_kwargs)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise AgpnetError(f"model config {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+                raise AgpnetError(f"model config {name}={getattr(self, name)!r}: "
+                                  f"expected one of {', '.join(allowed)}")
         if "img_size" in self.backbone_kwargs:
             raise AgpnetError(f"model config backbone_kwargs={self.backbone_kwargs}: img_size is set by the "
                               "image_size field; remove it from backbone_kwargs")
@@ -178,17 +186,19 @@ class TrainConfig:
     compile_mode: str = field(default="default", metadata=meaning("runtime", resume=True))
     # compute clean features + A_prior once and reuse them
     cache_features: bool = field(default=True, metadata=RUNTIME)
-    # decoded training images kept: auto (device on CUDA when they fit, else host), device, host, off (decode in
-    # DataLoader workers every epoch); the result is the same
+    # decoded training images kept: auto (device on CUDA when they fit, else host), device, host,
+    # off (decode in DataLoader workers every epoch); the result is the same
     image_cache: str = field(default="auto", metadata=meaning("runtime", resume=True))
 
     def __post_init__(self):
         if self.amp not in ("auto", "bf16", "off"):
             raise AgpnetError(f"train config amp={self.amp!r}: expected auto, bf16 or off")
         if self.image_cache not in IMAGE_CACHES:
-            raise AgpnetError(f"train config image_cache={self.image_cache!r}: expected one of {', '.join(IMAGE_CACHES)}")
+            raise AgpnetError(f"train config image_cache={self.image_cache!r}: "
+                              f"expected one of {', '.join(IMAGE_CACHES)}")
         if self.compile_mode not in ("default", "reduce-overhead"):
-            raise AgpnetError(f"train config compile_mode={self.compile_mode!r}: expected default or reduce-overhead")
+            raise AgpnetError(f"train config compile_mode={self.compile_mode!r}: "
+                              "expected default or reduce-overhead")
         check_numbers("train", self)
 
 
@@ -205,11 +215,13 @@ class DataConfig:
     # one-class: required; multi-class: optional comma-separated subset
     category: str | None = field(default=None, metadata=meaning("identity"))
     shots: int | None = None  # few-shot: k normal training images per category
-    fast_jpeg: bool = False  # decode JPEGs in Pillow's draft mode (reduced scale) before the resize: faster, not
-    #                          the full decode published numbers use
+    # decode JPEGs in Pillow's draft mode (reduced scale) before the resize:
+    # faster, not the full decode published numbers use
+    fast_jpeg: bool = False
     realiad_resolution: str = "1024"  # Real-IAD only: the image folder realiad_<this> (256, 512, 1024 or raw)
-    realiad_split: str = "realiad_jsons"  # Real-IAD only: the split folder realiad_jsons/<this> (realiad_jsons:
-    #                                       multi-view, all 5 views, as ADer; realiad_jsons_sv, realiad_jsons_fuiad_0.x)
+    # Real-IAD only: the split folder realiad_jsons/<this> (realiad_jsons: multi-view, all 5 views, as ADer;
+    # realiad_jsons_sv, realiad_jsons_fuiad_0.x)
+    realiad_split: str = "realiad_jsons"
 
     def __post_init__(self):
         if self.realiad_resolution not in REALIAD_RESOLUTIONS:
@@ -238,15 +250,17 @@ class EvalConfig:
     # write maps.npz (anomaly maps + attention masks) for the viewer
     save_maps: bool = field(default=False, metadata=RUNTIME)
     maps_size: int = field(default=128, metadata=RUNTIME)  # side length of the maps stored in maps.npz (px)
-    eval_precision: str = "fp32"  # fp32: decoder in fp32, maps kept as float32 (4 B/px); bf16: bf16 autocast on
-    #                               CUDA (as amp), maps kept as float16 (2 B/px)
+    # fp32: decoder in fp32, maps kept as float32 (4 B/px);
+    # bf16: bf16 autocast on CUDA (as amp), maps kept as float16 (2 B/px)
+    eval_precision: str = "fp32"
 
 
     def __post_init__(self):
         if self.eval_precision not in ("fp32", "bf16"):
             raise AgpnetError(f"eval config eval_precision={self.eval_precision!r}: expected fp32 or bf16")
         if self.eval_resolution not in EVAL_RESOLUTIONS:
-            raise AgpnetError(f"eval config eval_resolution={self.eval_resolution!r}: expected input or original")
+            raise AgpnetError(f"eval config eval_resolution={self.eval_resolution!r}: "
+                              "expected input or original")
         check_numbers("eval", self)
 
 
@@ -256,7 +270,8 @@ class RunConfig:
     model: AGPNetConfig = field(default_factory=AGPNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    weights: str = "hub"  # "hub" (pretrained or stop), "auto" (hub, else random: demo), "random", a file or folder
+    # "hub" (pretrained or stop), "auto" (hub, else random: demo), "random", a file or folder
+    weights: str = "hub"
     # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     device: str = field(default="auto", metadata=RUNTIME)
     out_dir: str = field(default="runs/run", metadata=RUNTIME)
@@ -279,7 +294,8 @@ class RunConfig:
         for key, value in values.items():
             key = key.replace("-", "_")
             if key not in known:
-                raise AgpnetError(f"unknown config field {key!r}; expected one of: {', '.join(sorted(known))}")
+                raise AgpnetError(f"unknown config field {key!r}; "
+                                  f"expected one of: {', '.join(sorted(known))}")
             flat[key] = _coerce(key, value, known[key])
         sections = {
             name: section_cls(**{f.name: flat[f.name] for f in dataclasses.fields(section_cls)})

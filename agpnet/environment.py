@@ -82,7 +82,8 @@ def describe_environment(device: torch.device | None = None) -> dict:
     gpu = gpu_index = None
     if device is not None and device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
-        gpu_index = _physical_gpu_index(device.index if device.index is not None else torch.cuda.current_device())
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        gpu_index = _physical_gpu_index(index)
     fraction = os.environ.get("AGPNET_GPU_FRACTION")
     return {
         **versions,
@@ -100,6 +101,7 @@ def describe_environment(device: torch.device | None = None) -> dict:
 
 
 def _physical_gpu_index(index: int) -> str:
-    """The machine's index of visible CUDA device `index` (CUDA_VISIBLE_DEVICES, as Ray sets it, renumbers them)."""
+    """The machine's index of visible CUDA device `index` (CUDA_VISIBLE_DEVICES, as Ray sets it,
+    renumbers them)."""
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     return visible[index] if index < len(visible) else str(index)

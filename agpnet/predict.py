@@ -84,7 +84,8 @@ def predict_maps(model, paths: list[Path], device: torch.device, batch_size: int
 def upsample(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The map (S,S) bilinearly resized to `size` = (width, height) of its image: (height, width)."""
     width, height = size
-    resized = F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)
+    resized = F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear",
+                            align_corners=False)
     return resized[0, 0]
 
 

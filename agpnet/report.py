@@ -58,7 +58,8 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
     runs_dir, out_dir = Path(runs_dir).resolve(), Path(out_dir).resolve()
     records = load_records(runs_dir)
     if not records:
-        raise AgpnetError(f"{runs_dir}: no complete run found (expected run folders with record.json, status complete)")
+        raise AgpnetError(f"{runs_dir}: no complete run found "
+                          "(expected run folders with record.json, status complete)")
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "tables", ignore_errors=True)  # only this build's exports get linked
     for name in PAGES:
@@ -78,13 +79,14 @@ def render_notebook(notebook: Path, executed_dir: Path, parameters: dict) -> str
 
     tmp = temp_file_for(executed_dir / notebook.name, suffix=".ipynb")
     try:
-        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL, progress_bar=False,
-                                   log_output=False)
+        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL,
+                                   progress_bar=False, log_output=False)
     except papermill.PapermillExecutionError as err:
         failed = executed_dir / notebook.name
         os.replace(tmp, failed)
         message = " ".join(f"{err.ename}: {err.evalue}".split())
-        raise AgpnetError(f"{notebook.name}: cell {err.exec_count} failed: {message} (executed notebook: {failed})") from None
+        raise AgpnetError(f"{notebook.name}: cell {err.exec_count} failed: {message} "
+                          f"(executed notebook: {failed})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -119,21 +121,25 @@ def index_html(records: list[dict], runs_dir: Path, out_dir: Path, exports: list
         f"Report built {e(timestamp())}.</p>",
     ]
     if not_pretrained:
-        warnings = sorted({str((r.get("weights") or {}).get("warning") or "no warning recorded") for r in not_pretrained})
+        warnings = sorted({str((r.get("weights") or {}).get("warning") or "no warning recorded")
+                           for r in not_pretrained})
         parts.append('<div class="banner" role="alert"><strong>Not pretrained:</strong> '
-                     f"{len(not_pretrained)} of {len(records)} run(s) used a backbone without pretrained weights; "
-                     "their numbers say nothing about AGPNet. Warning recorded by the run(s):<ul>"
+                     f"{len(not_pretrained)} of {len(records)} run(s) used a backbone "
+                     "without pretrained weights; their numbers say nothing about AGPNet. "
+                     "Warning recorded by the run(s):<ul>"
                      + "".join(f"<li><q>{e(w)}</q></li>" for w in warnings) + "</ul></div>")
     parts.append(f"<p>Weights source(s): {', '.join(f'<code>{e(s)}</code>' for s in sources)}.</p>")
     parts.append("<h2>Pages</h2><ul>" + "".join(f'<li><a href="{name}.html">{e(title)}</a></li>'
                                                  for name, title in PAGES.items()) + "</ul>")
     if exports:
-        parts.append("<h2>Tables (CSV, Markdown, LaTeX)</h2><ul>" + "".join(
-            f'<li><a href="{e(p.relative_to(out_dir).as_posix())}">{e(p.name)}</a></li>' for p in exports) + "</ul>")
+        links = "".join(f'<li><a href="{e(p.relative_to(out_dir).as_posix())}">{e(p.name)}</a></li>'
+                        for p in exports)
+        parts.append("<h2>Tables (CSV, Markdown, LaTeX)</h2><ul>" + links + "</ul>")
     parts.append("<h2>Runs</h2>" + _runs_table(records, runs_dir))
     parts.append("<h2>Machines and versions</h2>" + _environment_html(records))
-    parts.append("<p class='note'>Published numbers are labelled \"(published)\" and come from the cited papers "
-                 "and READMEs; their AUPRO / F1 protocols and epoch selection differ from ours (docs/metrics.md).</p>")
+    parts.append("<p class='note'>Published numbers are labelled \"(published)\" "
+                 "and come from the cited papers and READMEs; "
+                 "their AUPRO / F1 protocols and epoch selection differ from ours (docs/metrics.md).</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -163,8 +169,8 @@ def _environment_html(records: list[dict]) -> str:
     seen = {}
     for record in records:
         env = record.get("environment") or {}
-        key = (env.get("machine"), env.get("device"), env.get("gpu"), env.get("torch"), env.get("timm"), env.get("agpnet"),
-               env.get("agpnet_commit"), _placement(env))
+        key = (env.get("machine"), env.get("device"), env.get("gpu"), env.get("torch"), env.get("timm"),
+               env.get("agpnet"), env.get("agpnet_commit"), _placement(env))
         seen[key] = seen.get(key, 0) + 1
     runs = "".join(f"<li>{count} run(s): {e(str(m))}, device {e(str(d))}{', GPU ' + e(str(g)) if g else ''}"
                    f"{'; ' + e(w) if w else ''}; torch {e(str(t))}, timm {e(str(ti))}, agpnet {e(str(a))}"

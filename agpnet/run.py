@@ -23,7 +23,8 @@ from agpnet.train import fit
 log = logging.getLogger(__name__)
 
 
-def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True,
+                   overwrite: bool = False) -> dict:
     """Train and evaluate one configuration; returns the run record (also in out_dir/record.json).
 
     Everything is checked (data, weights, output folder) before the folder is touched. A folder
@@ -38,7 +39,8 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True, 
     size, fast_jpeg = cfg.model.image_size, cfg.data.fast_jpeg
     train_set = AnomalyDataset(split.train, image_size=size, mean=model.mean, std=model.std, cache=True,
                                fast_jpeg=fast_jpeg)
-    test_set = AnomalyDataset(split.test, image_size=size, mean=model.mean, std=model.std, fast_jpeg=fast_jpeg)
+    test_set = AnomalyDataset(split.test, image_size=size, mean=model.mean, std=model.std,
+                              fast_jpeg=fast_jpeg)
     log.info("run %s: %d training / %d test images, %s, device %s", out, len(train_set), len(test_set),
              ", ".join(split.categories), device)
 
@@ -49,11 +51,13 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True, 
     data = data_identity(cfg, split)
     trained = fit(model, train_set, cfg.train, out, device, resume=resume, progress=progress, data=data)
     result = _evaluate(model, test_set, device, cfg)
-    record = _record(cfg, split, result, weights_info, device, started, epoch="final (no epoch selection on the test set)",
+    record = _record(cfg, split, result, weights_info, device, started,
+                     epoch="final (no epoch selection on the test set)",
                      checkpoint_file=CHECKPOINT_NAME, loss_per_epoch=trained.loss_per_epoch,
                      timings={"train_s": trained.train_seconds, "train_img_s": trained.images_per_second,
                               "features_s": trained.features_seconds, "epoch_s": trained.epoch_seconds},
-                     n_train=len(train_set), few_shot_files=split.few_shot_files, data=data, segments=trained.segments)
+                     n_train=len(train_set), few_shot_files=split.few_shot_files, data=data,
+                     segments=trained.segments)
     write_json(out / "record.json", record)
     return record
 
@@ -64,8 +68,8 @@ def check_run_folder(out: Path, may_replace: bool) -> None:
         raise AgpnetError(f"{out}: expected a folder, found a file")
     record = out / "record.json"
     if not may_replace and is_complete(record):
-        raise AgpnetError(f"{record}: a complete run is already in this folder; use --overwrite to replace it, "
-                          "--resume to continue it, or another --out")
+        raise AgpnetError(f"{record}: a complete run is already in this folder; "
+                          "use --overwrite to replace it, --resume to continue it, or another --out")
 
 
 def data_identity(cfg: RunConfig, split) -> dict:
@@ -96,15 +100,16 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
                         category: str | None = None, shots: int | None = None, fast_jpeg: bool = False,
                         device: str = "auto", batch_size: int = 16,
                         save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input",
-                        overwrite: bool = False, precision: str = "fp32", options: dict | None = None) -> dict:
+                        overwrite: bool = False, precision: str = "fp32",
+                        options: dict | None = None) -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record (a folder
     holding a complete record is only reused with `overwrite`). `options`: per-dataset reader
     options (DataConfig fields such as realiad_split; DataConfig.reader_options())."""
     started = timestamp()
     out = Path(out_dir)
     if out.resolve() == Path(checkpoint).resolve().parent:
-        raise AgpnetError(f"--out {out_dir}: that is the checkpoint's own run folder; its record.json would be "
-                          "replaced. Expected another folder")
+        raise AgpnetError(f"--out {out_dir}: that is the checkpoint's own run folder; "
+                          "its record.json would be replaced. Expected another folder")
     check_run_folder(out, overwrite)
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, torch_device)
@@ -131,9 +136,10 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
 
 def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:
     maps_path = Path(cfg.out_dir) / "maps.npz" if cfg.eval.save_maps else None
-    return evaluate(model, test_set, device, batch_size=cfg.eval.eval_batch_size, fpr_limit=cfg.eval.fpr_limit,
-                    maps_path=maps_path, maps_size=cfg.eval.maps_size, num_workers=cfg.train.num_workers,
-                    amp=cfg.train.amp, resolution=cfg.eval.eval_resolution, precision=cfg.eval.eval_precision)
+    return evaluate(model, test_set, device, batch_size=cfg.eval.eval_batch_size,
+                    fpr_limit=cfg.eval.fpr_limit, maps_path=maps_path, maps_size=cfg.eval.maps_size,
+                    num_workers=cfg.train.num_workers, amp=cfg.train.amp,
+                    resolution=cfg.eval.eval_resolution, precision=cfg.eval.eval_precision)
 
 
 def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, device, started: str, epoch: str,
@@ -141,8 +147,8 @@ def _record(cfg: RunConfig, split, result: EvalResult, weights_info: dict, devic
     """The run record (agpnet.records) of an evaluated model; `timings`: the training's, if any;
     `optional`: the records.OPTIONAL fields of this kind of run."""
     return build_record(
-        cfg, categories=split.categories, metrics=result.metrics, n_test=result.n_images, weights=weights_info,
-        environment=describe_environment(device),
+        cfg, categories=split.categories, metrics=result.metrics, n_test=result.n_images,
+        weights=weights_info, environment=describe_environment(device),
         timings={"eval_s": result.seconds, "eval_img_s": result.images_per_second, **timings},
         resolution=result.resolution, precision=result.precision, epoch=epoch, loss_per_epoch=loss_per_epoch,
         artifacts={"checkpoint": checkpoint_file, "maps": "maps.npz" if cfg.eval.save_maps else None},

@@ -49,7 +49,8 @@ def write_submission(checkpoint: str, root: str, out_dir: str, categories: str |
     chosen = _categories(categories, meta, available, root, checkpoint)
     validation = {c: find_images([str(root / c / "validation" / "good")]) for c in chosen}
     test = {(c, s): find_images([str(root / c / s)]) for c in chosen for s in SUBMISSION_SETS}
-    targets = {key: [_targets(out, *key, root / key[0] / key[1], path) for path in paths] for key, paths in test.items()}
+    targets = {key: [_targets(out, *key, root / key[0] / key[1], path) for path in paths]
+               for key, paths in test.items()}
     if out.exists() and not out.is_dir():
         raise AgpnetError(f"{out}: expected a folder, found a file")
     existing = next((t for pairs in targets.values() for pair in pairs for t in pair if t.exists()), None)
@@ -71,7 +72,8 @@ def write_submission(checkpoint: str, root: str, out_dir: str, categories: str |
     return thresholds
 
 
-def _categories(categories: str | None, meta: dict, available: list[str], root: Path, checkpoint: str) -> list[str]:
+def _categories(categories: str | None, meta: dict, available: list[str], root: Path,
+                checkpoint: str) -> list[str]:
     if categories is not None:
         chosen = sorted({name.strip() for name in categories.split(",") if name.strip()})
         unknown = [name for name in chosen if name not in available]
@@ -99,7 +101,9 @@ def _threshold(maps: Iterable[torch.Tensor]) -> float:
     count, total, squares = 0, 0.0, 0.0
     for anomaly_map in maps:
         values = anomaly_map.double()
-        count, total, squares = count + values.numel(), total + float(values.sum()), squares + float(values.square().sum())
+        count += values.numel()
+        total += float(values.sum())
+        squares += float(values.square().sum())
     mean = total / count
     return mean + THRESHOLD_STDS * math.sqrt(max(squares / count - mean * mean, 0.0))
 
@@ -107,8 +111,8 @@ def _threshold(maps: Iterable[torch.Tensor]) -> float:
 def _float16(anomaly_map: np.ndarray, image: Path) -> np.ndarray:
     """The map as float16 (the server's type); a value float16 cannot hold stops the export."""
     if not np.isfinite(anomaly_map).all() or np.abs(anomaly_map).max(initial=0.0) > FLOAT16_MAX:
-        raise AgpnetError(f"{image}: anomaly map outside the float16 range (|value| <= {FLOAT16_MAX:g}) that the "
-                          "evaluation server expects; the submission would not be faithful")
+        raise AgpnetError(f"{image}: anomaly map outside the float16 range (|value| <= {FLOAT16_MAX:g}) "
+                          "that the evaluation server expects; the submission would not be faithful")
     return anomaly_map.astype(np.float16)
 
 

@@ -38,9 +38,10 @@ Resuming: a cell is done when its folder holds a record.json with status "comple
 executed notebook (a sweep killed between the two leaves the cell not done); a done cell never
 runs again. A cell that fails (an exception in the notebook, even after its record was written,
 or no complete record at the end) gets error.json (message and traceback), is "failed" while
-that file is there, and the sweep goes on; it runs again only with `retry_failed`. A sweep killed at any point (Ctrl-C, SIGKILL) and started again re-runs only
-the cell that was running. When a cell runs again in a folder that holds a record.json, that
-record is kept as `record.previous.json` and everything else of the old run is removed first.
+that file is there, and the sweep goes on; it runs again only with `retry_failed`. A sweep
+killed at any point (Ctrl-C, SIGKILL) and started again re-runs only the cell that was running.
+When a cell runs again in a folder that holds a record.json, that record is kept as
+`record.previous.json` and everything else of the old run is removed first.
 
 Changed cells: a done cell whose record was made with other fields than the sweep now gives
 it (`base` or `--set` changed) is "changed". Fields are compared as RunConfig values (the
@@ -51,8 +52,8 @@ RunConfig fields (another notebook) are not compared. A sweep with changed cells
 start, with one line naming them and their fields; `rerun_changed` (--rerun-changed) runs them
 again. `<out>/sweep.json` lists the cells, their statuses and fields (atomic): for a done or
 changed cell the fields as its record holds them (null when its record cannot be read as a
-RunConfig), so it never shows fields that did not produce the record beside it. `<out>/.sweep.lock` keeps two sweeps from running in the same
-folder at once.
+RunConfig), so it never shows fields that did not produce the record beside it.
+`<out>/.sweep.lock` keeps two sweeps from running in the same folder at once.
 """
 
 import contextlib
@@ -99,8 +100,10 @@ class Executor:
 
     kind: str = "local"  # "local": one after another in this process; "ray": Ray tasks (agpnet.sweep_ray)
     address: str | None = None  # ray: "auto" or HOST:PORT of a running cluster; None: a local Ray instance
-    gpus_per_cell: float | None = None  # ray: GPUs per cell (0.25 packs 4 on a GPU); None: 1 if there are GPUs, else 0
-    cpus_per_cell: int | None = None  # CPUs per cell = its torch threads; None: torch's default (local), 1 (ray)
+    # ray: GPUs per cell (0.25 packs 4 on a GPU); None: 1 if there are GPUs, else 0
+    gpus_per_cell: float | None = None
+    # CPUs per cell = its torch threads; None: torch's default (local), 1 (ray)
+    cpus_per_cell: int | None = None
     max_concurrent: int | None = None  # ray: cells at once; None: as many as the resources allow
 
 
@@ -121,7 +124,8 @@ def package_notebook(name: str) -> Path:
     """A notebook of the repository's notebooks/ folder."""
     path = NOTEBOOKS_DIR / name
     if not path.is_file():
-        raise AgpnetError(f"{path}: notebook not found (agpnet must be installed from the repository: pip install -e .)")
+        raise AgpnetError(f"{path}: notebook not found "
+                          "(agpnet must be installed from the repository: pip install -e .)")
     return path
 
 
@@ -142,12 +146,14 @@ def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides:
     owns = []
     grids = spec.get("grid") or []
     grids = [grids] if isinstance(grids, dict) else grids
-    _expect(isinstance(grids, list), path, "`grid` must be a mapping of field -> list of values, or a list of them")
+    _expect(isinstance(grids, list), path,
+            "`grid` must be a mapping of field -> list of values, or a list of them")
     for grid in grids:
         _expect(isinstance(grid, dict) and grid, path, "each `grid` entry must be a non-empty mapping")
         for key, values in grid.items():
             _expect(isinstance(values, list) and values, path,
-                    f"grid field {key!r} must be a non-empty list of values (a list of lists for a list field)")
+                    f"grid field {key!r} must be a non-empty list of values "
+                    "(a list of lists for a list field)")
         owns += [dict(zip(grid, combination)) for combination in itertools.product(*grid.values())]
     explicit = spec.get("cells") or []
     _expect(isinstance(explicit, list) and all(isinstance(c, dict) for c in explicit), path,
@@ -192,7 +198,8 @@ def resolve_executor(path: Path, section, given: dict) -> Executor:
     given = {k: v for k, v in given.items() if v is not None}
     if given.get("kind", section.get("kind", "local")) != section.get("kind", "local"):
         section = {}
-    sources = {**{k: f"{path}: executor.{k}" for k in section}, **{k: "--" + k.replace("_", "-") for k in given}}
+    sources = {**{k: f"{path}: executor.{k}" for k in section},
+               **{k: "--" + k.replace("_", "-") for k in given}}
     sources["kind"] = "--executor" if "kind" in given else f"{path}: executor.kind"
     values = {**section, **given}
 
@@ -204,7 +211,8 @@ def resolve_executor(path: Path, section, given: dict) -> Executor:
     check("kind", lambda v: v in EXECUTORS, " or ".join(EXECUTORS))
     check("address", lambda v: isinstance(v, str) and v.strip(), "auto or HOST:PORT of a Ray cluster")
     check("gpus_per_cell", lambda v: isinstance(v, number) and not isinstance(v, bool)
-          and 0 <= v == v and (v < 1 or float(v).is_integer()), "a number >= 0, a whole number above 1 (0.25 packs 4 cells on a GPU)")
+          and 0 <= v == v and (v < 1 or float(v).is_integer()),
+          "a number >= 0, a whole number above 1 (0.25 packs 4 cells on a GPU)")
     for key in ("cpus_per_cell", "max_concurrent"):
         check(key, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1")
     if values.get("kind", "local") == "local":
@@ -287,7 +295,8 @@ def _survey(sweep: "Sweep", defaults: dict) -> tuple[dict, dict, dict]:
         if changed:
             statuses[cell.name], changes[cell.name] = CHANGED, changed
         recorded = _recorded_fields(record)
-        listed[cell.name] = None if recorded is None else {k: recorded[k.replace("-", "_")] for k in cell.params}
+        listed[cell.name] = (None if recorded is None
+                             else {k: recorded[k.replace("-", "_")] for k in cell.params})
     return statuses, listed, changes
 
 
@@ -313,7 +322,8 @@ def run_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides: 
     to_run = [c for c in sweep.cells if statuses[c.name] in (PENDING, CHANGED)
               or (statuses[c.name] == FAILED and retry_failed)]
     with contextlib.ExitStack() as stack:
-        if sweep.executor.kind == "ray" and to_run:  # Ray started or joined before the output folder is touched
+        # Ray started or joined before the output folder is touched
+        if sweep.executor.kind == "ray" and to_run:
             from agpnet import sweep_ray
 
             resources = stack.enter_context(sweep_ray.session(sweep.executor))
@@ -361,7 +371,8 @@ def _run_cells_here(sweep: Sweep, cells: list[Cell], declared: dict, finished, p
 def _run_cell(sweep: Sweep, cell: Cell, declared: dict, progress: bool) -> str:
     """Execute one cell here, with its training bar under the sweep's; returns its new status."""
     stop = threading.Event()
-    follower = threading.Thread(target=follow_training, args=(sweep.out / cell.name, cell.name, stop), daemon=True)
+    follower = threading.Thread(target=follow_training, args=(sweep.out / cell.name, cell.name, stop),
+                                daemon=True)
     try:
         env = {"AGPNET_EXECUTOR": "local", **threads_env(sweep.executor.cpus_per_cell)}
         return execute_cell(sweep.notebook, sweep.out / cell.name, cell, declared, env=env,
@@ -402,12 +413,13 @@ def execute_cell(notebook: Path, cell_dir: Path, cell: Cell, declared: dict, env
         return FAILED
     except Exception as err:  # the kernel died, did not start, ...: record it, go on with the next cell
         _keep_notebook(partial, final)
-        write_error(cell_dir, cell, final, f"{type(err).__name__}: {err}", traceback.format_exc().splitlines(),
-                    error_fields)
+        write_error(cell_dir, cell, final, f"{type(err).__name__}: {err}",
+                    traceback.format_exc().splitlines(), error_fields)
         return FAILED
     _keep_notebook(partial, final)
     if not _finished(cell_dir, notebook.name):
-        write_error(cell_dir, cell, final, f"the notebook finished without writing a complete {cell_dir}/record.json",
+        write_error(cell_dir, cell, final,
+                    f"the notebook finished without writing a complete {cell_dir}/record.json",
                     [], error_fields)
         return FAILED
     (cell_dir / "error.json").unlink(missing_ok=True)
@@ -461,8 +473,8 @@ def notebook_parameters(params: dict, declared: dict, out_dir: str) -> dict:
             extra[key] = value
     if extra:
         if "config" not in declared:
-            raise AgpnetError(f"sweep notebook: fields {', '.join(sorted(extra))} are not notebook parameters "
-                              "and its `parameters` cell has no `config` dict")
+            raise AgpnetError(f"sweep notebook: fields {', '.join(sorted(extra))} "
+                              "are not notebook parameters and its `parameters` cell has no `config` dict")
         direct["config"] = extra
     return direct
 
@@ -506,7 +518,8 @@ def _check_fields(sweep: Sweep) -> None:
             raise AgpnetError(f"{sweep.path}: cell {cell.name}: {err}") from None
 
 
-def write_error(cell_dir: Path, cell: Cell, notebook: Path, message: str, trace: list[str], where: dict) -> None:
+def write_error(cell_dir: Path, cell: Cell, notebook: Path, message: str, trace: list[str],
+                where: dict) -> None:
     """error.json in the cell's folder: one-line message, traceback, where it failed."""
     message = " ".join(_ANSI.sub("", message).split())
     log.warning("sweep cell %s failed: %s (details: %s)", cell.name, message, cell_dir / "error.json")
@@ -534,7 +547,8 @@ def _write_sweep_json(sweep: Sweep, statuses: dict, listed: dict) -> None:
         "updated": timestamp(),
         "executor": dataclasses.asdict(sweep.executor),
         "counts": _counts(statuses),
-        "cells": [{"name": c.name, "status": statuses[c.name], "params": listed[c.name]} for c in sweep.cells],
+        "cells": [{"name": c.name, "status": statuses[c.name], "params": listed[c.name]}
+                  for c in sweep.cells],
     })
 
 
@@ -622,7 +636,8 @@ def _print_cells(sweep: Sweep, statuses: dict, changes: dict) -> None:
 def _show_progress(bar, statuses: dict) -> None:
     counts = _counts(statuses)
     bar.n = counts[DONE] + counts[FAILED]
-    bar.set_postfix(done=counts[DONE], failed=counts[FAILED], left=counts[PENDING] + counts[CHANGED], refresh=True)
+    bar.set_postfix(done=counts[DONE], failed=counts[FAILED], left=counts[PENDING] + counts[CHANGED],
+                    refresh=True)
 
 
 def _lock(out: Path):
@@ -636,7 +651,8 @@ def _lock(out: Path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise AgpnetError(f"{out}: another sweep is running in this folder (lock {out / '.sweep.lock'})") from None
+        raise AgpnetError(f"{out}: another sweep is running in this folder "
+                          f"(lock {out / '.sweep.lock'})") from None
     return handle
 
 

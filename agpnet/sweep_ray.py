@@ -89,7 +89,8 @@ def _resources(ray, executor: Executor) -> Resources:
     for flag, need, have in (("--gpus-per-cell", gpus, total.get("GPU", 0)),
                              ("--cpus-per-cell", cpus, total.get("CPU", 0))):
         if need > have:
-            raise AgpnetError(f"{flag} {need:g}: the Ray cluster has {have:g} in all; no cell could ever start")
+            raise AgpnetError(f"{flag} {need:g}: the Ray cluster has {have:g} in all; "
+                              "no cell could ever start")
     return Resources(gpus=gpus, cpus=cpus)
 
 
@@ -105,8 +106,9 @@ def run_cells(sweep: Sweep, cells: list[Cell], declared: dict, finished, progres
     limit = sweep.executor.max_concurrent or max(len(cells), 1)
     cwd = os.getcwd()
     queue, running, bars = list(cells), {}, {}
-    log.info("ray: %d cells, %g GPU and %d CPU each, at most %d at once; cluster %s", len(cells), resources.gpus,
-             resources.cpus, limit, {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")})
+    cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    log.info("ray: %d cells, %g GPU and %d CPU each, at most %d at once; cluster %s", len(cells),
+             resources.gpus, resources.cpus, limit, cluster)
     try:
         while queue or running:
             while queue and len(running) < limit:
@@ -162,7 +164,8 @@ def _outcome(ray, ref, sweep: Sweep, cell: Cell) -> str:
         where = f"on node {node} ({place.get('ip')})" if node else "(node unknown: before the cell started)"
         reason = " ".join(str(err).split())[:500]
         cell_dir.mkdir(parents=True, exist_ok=True)
-        write_error(cell_dir, cell, final, f"the Ray worker {where} died or failed: {type(err).__name__}: {reason}",
+        write_error(cell_dir, cell, final,
+                    f"the Ray worker {where} died or failed: {type(err).__name__}: {reason}",
                     str(err).splitlines(),
                     {"executor": "ray", "node": node, "ip": place.get("ip"), "reason": type(err).__name__})
         return FAILED
@@ -203,8 +206,9 @@ def _cell_task(notebook: str, out: str, cell: Cell, declared: dict, cwd: str, gp
     for what, path in paths:
         if not path.exists():
             return {"status": FAILED, "node": node, "ip": ip,
-                    "preflight": f"node {node} ({ip}) cannot see the {what} {path}: every node that runs a cell "
-                                 "must see the output folder, the data root and the notebook (a shared filesystem)"}
+                    "preflight": f"node {node} ({ip}) cannot see the {what} {path}: "
+                                 "every node that runs a cell must see the output folder, the data root "
+                                 "and the notebook (a shared filesystem)"}
     os.chdir(cwd)
     cell_dir = Path(out) / cell.name
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]

@@ -60,7 +60,8 @@ class TrainResult:
     # each stretch of training: from_epoch, to_epoch, device, compile, compile_mode, feature_cache
     segments: list[dict]
     features_seconds: float = 0.0  # decoding the images and the feature-cache pass, before the first step
-    epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # wall time of each epoch of this call
+    # wall time of each epoch of this call
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)
 
 
 def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device: str | torch.device,

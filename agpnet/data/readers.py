@@ -49,7 +49,8 @@ class Reader:
     options: tuple[str, ...] = ()
 
 
-def list_categories(dataset: str, root: str | os.PathLike, options: Mapping[str, object] | None = None) -> list[str]:
+def list_categories(dataset: str, root: str | os.PathLike,
+                    options: Mapping[str, object] | None = None) -> list[str]:
     """Sorted category names of the dataset at `root`. `options`: {DataConfig field: value}; the
     reader takes the ones it names in Reader.options and ignores the others."""
     reader, root = _reader(dataset, root)
@@ -153,20 +154,23 @@ def _read_visa(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
 
 def _read_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     cat_dir = root / category
-    return _read_defect_folders(category, cat_dir / "train" / "good", _test_dir(cat_dir), cat_dir / "ground_truth")
+    return _read_defect_folders(category, cat_dir / "train" / "good", _test_dir(cat_dir),
+                                cat_dir / "ground_truth")
 
 
 def _read_mvtec2(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     """MVTec AD 2: evaluation on test_public (the only test set with masks); validation/good is for
     threshold selection (agpnet.submission) and test_private* have no labels, so neither is read."""
-    test_dir = _existing_dir(root / category / "test_public", "public test images: good/, bad/, ground_truth/bad/")
-    return _read_defect_folders(category, root / category / "train" / "good", test_dir, test_dir / "ground_truth")
+    test_dir = _existing_dir(root / category / "test_public",
+                             "public test images: good/, bad/, ground_truth/bad/")
+    return _read_defect_folders(category, root / category / "train" / "good", test_dir,
+                                test_dir / "ground_truth")
 
 
 def _read_btad(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     cat_dir = root / category
-    return _read_defect_folders(category, cat_dir / "train" / "ok", _test_dir(cat_dir), cat_dir / "ground_truth",
-                                good="ok", mask_name="{stem}.png or {stem}.bmp")
+    return _read_defect_folders(category, cat_dir / "train" / "ok", _test_dir(cat_dir),
+                                cat_dir / "ground_truth", good="ok", mask_name="{stem}.png or {stem}.bmp")
 
 
 def _read_defect_folders(category: str, train_dir: Path, test_dir: Path, mask_root: Path, good: str = "good",
@@ -238,7 +242,8 @@ def _visa_rows(root: Path) -> tuple[Path, list[tuple[int, dict[str, str]]]]:
         missing = [name for name in VISA_COLUMNS if name not in header]
         if missing:
             raise AgpnetError(
-                f"{csv_path}: missing columns {', '.join(missing)} (expected columns {','.join(VISA_COLUMNS)})"
+                f"{csv_path}: missing columns {', '.join(missing)} "
+                f"(expected columns {','.join(VISA_COLUMNS)})"
             )
         rows = [
             (n, dict(zip(header, (v.strip() for v in values))))
@@ -277,7 +282,8 @@ def _read_visa_csv(root: Path, category: str) -> tuple[list[Sample], list[Sample
             mask = root / row["mask"] if row["mask"] else None
             if mask is None or not mask.is_file():
                 raise AgpnetError(
-                    f"{image}: defective test image has no mask (expected {mask or 'a mask path'} from {where})"
+                    f"{image}: defective test image has no mask "
+                    f"(expected {mask or 'a mask path'} from {where})"
                 )
             test.append(Sample(image, category, 1, "anomaly", mask))
     if not train:
@@ -290,7 +296,8 @@ def _read_visa_csv(root: Path, category: str) -> tuple[list[Sample], list[Sample
     return train, test
 
 
-def _realiad_categories(root: Path, realiad_resolution: str = "1024", realiad_split: str = "realiad_jsons") -> list[str]:
+def _realiad_categories(root: Path, realiad_resolution: str = "1024",
+                        realiad_split: str = "realiad_jsons") -> list[str]:
     """The category folders of the chosen resolution (each needs its <category>.json in the split)."""
     image_root = root / f"realiad_{realiad_resolution}"
     return [d.name for d in _subdirs(image_root)] if image_root.is_dir() else []
@@ -307,14 +314,16 @@ def _read_realiad(root: Path, category: str, realiad_resolution: str = "1024",
     if not split_file.is_file():
         found = [d.name for d in _subdirs(split_dir.parent)] if split_dir.parent.is_dir() else []
         raise AgpnetError(f"{split_file}: Real-IAD split file not found (expected <root>/realiad_jsons/"
-                          f"{realiad_split}/{category}.json; split folders found: {', '.join(found) or 'none'})")
+                          f"{realiad_split}/{category}.json; "
+                          f"split folders found: {', '.join(found) or 'none'})")
     try:
         lists = json.loads(split_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise AgpnetError(f"{split_file}: not a readable JSON file ({' '.join(str(err).split())}); expected "
                           "the Real-IAD split file") from None
     if not (isinstance(lists, dict) and all(isinstance(lists.get(part), list) for part in ("train", "test"))):
-        raise AgpnetError(f"{split_file}: expected a JSON object with 'train' and 'test' lists (Real-IAD split file)")
+        raise AgpnetError(f"{split_file}: expected a JSON object with 'train' and 'test' lists "
+                          "(Real-IAD split file)")
     samples = {"train": [], "test": []}
     for part, entries in ((part, lists[part]) for part in samples):
         for n, entry in enumerate(entries):
@@ -333,12 +342,13 @@ def _read_realiad(root: Path, category: str, realiad_resolution: str = "1024",
                                   "(expected only OK images)")
             mask = image_dir / entry["mask_path"] if isinstance(entry.get("mask_path"), str) else None
             if mask is None or not mask.is_file():
-                raise AgpnetError(f"{image}: defective test image has no mask (expected {mask or 'a mask_path'} "
-                                  f"from {where})")
+                raise AgpnetError(f"{image}: defective test image has no mask "
+                                  f"(expected {mask or 'a mask_path'} from {where})")
             samples[part].append(Sample(image, category, 1, entry["anomaly_class"], mask))
     train, test = (sorted(samples[part], key=lambda s: str(s.image)) for part in ("train", "test"))
     if not train:
-        raise AgpnetError(f"{split_file}: category '{category}' has no training images (expected OK entries in train)")
+        raise AgpnetError(f"{split_file}: category '{category}' has no training images "
+                          "(expected OK entries in train)")
     _check_images(train + test)
     return train, test
 
@@ -419,7 +429,8 @@ def _check_images(samples: list[Sample]) -> None:
 READERS: dict[str, Reader] = {
     "mvtec": Reader(_mvtec_categories, _read_mvtec, "<root>/<category>/train/good/ (MVTec-AD layout)"),
     "visa": Reader(_visa_categories, _read_visa,
-                   "<root>/split_csv/1cls.csv (VisA release) or <root>/<category>/train/good/ (VisA in MVTec-AD layout)"),
+                   "<root>/split_csv/1cls.csv (VisA release) "
+                   "or <root>/<category>/train/good/ (VisA in MVTec-AD layout)"),
     "mvtec3d": Reader(_categories_with("train", "good", "rgb"), _read_mvtec3d,
                       "<root>/<category>/train/good/rgb/ (MVTec-3D AD layout)"),
     "folder": Reader(_folder_categories, _read_folder_layout,
@@ -427,8 +438,9 @@ READERS: dict[str, Reader] = {
     "mvtec2": Reader(_mvtec_categories, _read_mvtec2,
                      "<root>/<category>/train/good/ and test_public/ (MVTec AD 2 layout)"),
     "realiad": Reader(_realiad_categories, _read_realiad,
-                      "<root>/realiad_<realiad_resolution>/<category>/ with <root>/realiad_jsons/<realiad_split>/"
-                      "<category>.json (Real-IAD layout)", options=("realiad_resolution", "realiad_split")),
+                      "<root>/realiad_<realiad_resolution>/<category>/ "
+                      "with <root>/realiad_jsons/<realiad_split>/<category>.json (Real-IAD layout)",
+                      options=("realiad_resolution", "realiad_split")),
     "btad": Reader(_categories_with("train", "ok"), _read_btad, "<root>/<01|02|03>/train/ok/ (BTAD layout)"),
     # MPDD is released in the MVTec-AD layout; its own name keys its tables and published rows.
     "mpdd": Reader(_mvtec_categories, _read_mvtec, "<root>/<category>/train/good/ (MPDD, MVTec-AD layout)"),

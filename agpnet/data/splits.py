@@ -68,7 +68,8 @@ def _choose_categories(setting: str, category: str | None, available: list[str],
     unknown = [name for name in chosen if name not in available]
     if unknown or not chosen:
         raise AgpnetError(
-            f"unknown category '{', '.join(unknown) or category}' in {root}; available: {', '.join(available)}"
+            f"unknown category '{', '.join(unknown) or category}' in {root}; "
+            f"available: {', '.join(available)}"
         )
     if setting == "one-class" and len(chosen) > 1:
         raise AgpnetError(f"one-class setting: category '{category}' names several (expected exactly one)")
@@ -80,7 +81,8 @@ def _draw_shots(train: list[Sample], shots: int, seed: str) -> list[Sample]:
     if shots > len(train):
         folder = train[0].image.parent
         raise AgpnetError(
-            f"few-shot k={shots} but {folder} has only {len(train)} normal training images (expected k <= {len(train)})"
+            f"few-shot k={shots} but {folder} has only {len(train)} normal training images "
+            f"(expected k <= {len(train)})"
         )
     ordered = sorted(train, key=lambda s: str(s.image))
     chosen = random.Random(seed).sample(range(len(ordered)), shots)
