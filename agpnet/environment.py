@@ -1,5 +1,5 @@
 """What a run ran on, and when: package versions, device, machine and timestamps (for the run
-record, sweeps and reports). Torch is imported by the two functions that need it only, so that
+record, sweeps and reports). Torch is imported by the functions that need it only, so that
 the torch-free commands (sweep, report, --help) start fast."""
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from agpnet.errors import AgpnetError
 
 if TYPE_CHECKING:
     import torch
@@ -55,23 +53,6 @@ def source_revision(source: Path = PACKAGE_DIR) -> str | None:
 
 def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AgpnetError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AgpnetError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise AgpnetError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def describe_environment(device: torch.device | None = None) -> dict:

@@ -13,10 +13,9 @@ from torch.utils.data import DataLoader
 
 from agpnet.atomic import write_bytes, write_text
 from agpnet.data import IMAGE_SUFFIXES, AnomalyDataset, Sample, load_rgb
-from agpnet.environment import resolve_device
 from agpnet.errors import AgpnetError
 from agpnet.model.checkpoint import load_checkpoint
-from agpnet.runtime import autocast
+from agpnet.runtime import autocast, resolve_device
 
 
 def find_images(inputs: list[str], skip: Path | None = None) -> list[Path]:

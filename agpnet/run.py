@@ -11,13 +11,14 @@ from pathlib import Path
 from agpnet.atomic import write_json
 from agpnet.config import DataConfig, RunConfig, TrainConfig
 from agpnet.data import AnomalyDataset, load_split
-from agpnet.environment import describe_environment, resolve_device, timestamp
+from agpnet.environment import describe_environment, timestamp
 from agpnet.errors import AgpnetError
 from agpnet.evaluate import EvalResult, evaluate
 from agpnet.model import build_model
 from agpnet.model.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from agpnet.progress import PROGRESS_NAME
 from agpnet.records import build_record, is_complete
+from agpnet.runtime import resolve_device
 from agpnet.train import fit
 
 log = logging.getLogger(__name__)

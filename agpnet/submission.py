@@ -26,10 +26,10 @@ from PIL import Image
 
 from agpnet.atomic import write_bytes
 from agpnet.data import image_size, list_categories
-from agpnet.environment import resolve_device
 from agpnet.errors import AgpnetError
 from agpnet.model.checkpoint import load_checkpoint
 from agpnet.predict import find_images, predict_maps, upsample
+from agpnet.runtime import resolve_device
 
 SUBMISSION_SETS = ("test_private", "test_private_mixed")
 MVTEC2_CATEGORIES = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")

@@ -582,8 +582,8 @@ def attention_stages(run_dir: str | Path, n_images: int = 3, progresses=(0.0, 0.
     import torch
 
     from agpnet.data import AnomalyDataset, Sample
-    from agpnet.environment import resolve_device
     from agpnet.model.checkpoint import load_checkpoint
+    from agpnet.runtime import resolve_device
 
     run = load_run(run_dir)
     checkpoint = run.run_dir / "checkpoint.pt"
