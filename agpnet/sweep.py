@@ -2,7 +2,7 @@
 
 Sweep file (YAML)::
 
-    notebook: ../notebooks/train_eval.ipynb  # optional; relative to this file (default: the repository's)
+    notebook: my_notebook.ipynb    # optional; relative to this file (default: agpnet's train_eval.ipynb)
     out: runs/demo                 # optional (`agpnet sweep --out` wins); relative to the current folder
     description: free text         # optional, ignored
     base:                          # fields of every cell
@@ -76,7 +76,9 @@ from agpnet.errors import AgpnetError
 from agpnet.progress import PROGRESS_NAME, read_progress
 from agpnet.yamlfile import read_yaml_mapping
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+# The notebooks and sweep files that ship with the package (in the repository: links to notebooks/, sweeps/).
+NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"
+SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"
 SWEEP_KEYS = ("notebook", "out", "description", "base", "grid", "cells", "executor")
 KERNEL = "python3"
 DONE, FAILED, PENDING, CHANGED = "done", "failed", "pending", "changed"
@@ -121,11 +123,19 @@ class Sweep:
 
 
 def package_notebook(name: str) -> Path:
-    """A notebook of the repository's notebooks/ folder."""
+    """A notebook that ships with agpnet (the repository's notebooks/)."""
     path = NOTEBOOKS_DIR / name
     if not path.is_file():
-        raise AgpnetError(f"{path}: notebook not found "
-                          "(agpnet must be installed from the repository: pip install -e .)")
+        raise AgpnetError(f"{path}: notebook not found (expected it installed with agpnet)")
+    return path
+
+
+def sweep_file_path(sweep_file: str | Path) -> Path:
+    """The sweep file: the path given, or, for a bare name such as "demo" that is no file here, the
+    sweep of that name shipped with agpnet (sweeps/<name>.yaml)."""
+    path = Path(sweep_file)
+    if not path.exists() and path.name == str(sweep_file) and (SWEEPS_DIR / f"{path.name}.yaml").is_file():
+        return SWEEPS_DIR / f"{path.name}.yaml"
     return path
 
 
@@ -133,7 +143,7 @@ def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides:
                executor: dict | None = None) -> Sweep:
     """Parse and check a sweep file; the cells with their names and fields. `executor`: Executor
     fields given on the command line (None values are not given)."""
-    path = Path(sweep_file)
+    path = sweep_file_path(sweep_file)
     spec = read_yaml_mapping(path, "sweep file", f"a mapping with keys {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
