@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--image-size", help="demo scale only [256]")
     sy.add_argument("--n-train", help="demo scale only [80]")
     sy.add_argument("--n-test", help="demo scale only [40]")
-    sy.add_argument("--fraction", type=float, default=1.0,
+    sy.add_argument("--fraction", default="1.0",
                     help="mvtec scale only: this share of each count [1.0]")
     sy.add_argument("--workers", help="rendering processes [1 for demo, every CPU for mvtec]")
     sy.set_defaults(handler=_cmd_synth)
@@ -163,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _number(value, flag: str) -> float:
+    """A flag's text as a finite number, or one AgpnetError naming the flag."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise AgpnetError(f"{flag} {value}: expected a number")
+    return number
+
+
 def _integer(value, flag: str, minimum: int = 0) -> int:
     """A flag's text as an integer >= minimum, or one AgpnetError naming the flag (argparse's own
     type errors print its usage block)."""
@@ -201,6 +212,8 @@ def _cmd_run(args) -> int:
 
     from agpnet.run import run_experiment
 
+    if args.resume and args.overwrite:
+        raise AgpnetError("--resume and --overwrite: expected one of them (continue the run, or replace it)")
     record = run_experiment(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     _print_metrics(record["metrics"])
     print(f"record: {Path(cfg.out_dir) / 'record.json'}")
@@ -263,7 +276,7 @@ def _cmd_synth(args) -> int:
                 for name, flag in (("image_size", "--image-size"), ("n_train", "--n-train"),
                                    ("n_test", "--n-test"), ("workers", "--workers"))}
     root = write_synthetic_dataset(args.out, seed=_integer(args.seed, "--seed"), scale=args.scale,
-                                   fraction=args.fraction, **optional)
+                                   fraction=_number(args.fraction, "--fraction"), **optional)
     print(f"synthetic dataset: {root} ({time.perf_counter() - started:.1f} s)")
     return 0
 
@@ -306,7 +319,7 @@ def _cmd_weights_list(args) -> int:
         print(f"{manifest['backbone']:<40} {manifest['file']:<50} {state}")
     if not found:
         print(f"{args.folder}: no weights (expected files written by `agpnet weights download`)")
-    return 0
+    return 0 if all(manifest["ok"] for manifest in found) else 1
 
 
 def _cmd_report(args) -> int:

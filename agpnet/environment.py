@@ -65,13 +65,16 @@ def describe_environment(device: torch.device | None = None) -> dict:
         gpu = torch.cuda.get_device_name(device)
         index = device.index if device.index is not None else torch.cuda.current_device()
         gpu_index = _physical_gpu_index(index)
-    fraction = os.environ.get("AGPNET_GPU_FRACTION")
+    try:
+        fraction = float(os.environ["AGPNET_GPU_FRACTION"])
+    except (KeyError, ValueError):  # not a sweep cell, or not a number: nothing to record
+        fraction = None
     return {
         **versions,
         "device": str(device) if device is not None else None,
         "gpu": gpu,
         "gpu_index": gpu_index,
-        "gpu_fraction": float(fraction) if fraction else None,  # a sweep cell's share of its GPU (Ray)
+        "gpu_fraction": fraction,  # a sweep cell's share of its GPU (Ray)
         "executor": os.environ.get("AGPNET_EXECUTOR"),  # the sweep executor of a cell ("local", "ray")
         "hostname": platform.node(),
         "machine": machine(),

@@ -46,11 +46,13 @@ def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str
     normal image looks calm next to a defective one.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise AgpnetError(f"{out}: expected a folder, found a file")
     paths = find_images(inputs, skip=out)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     model, _ = load_checkpoint(checkpoint, device)
-    maps, scores = predict_maps(model, paths, device, batch_size)
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    maps, scores = predict_maps(model, paths, device, batch_size, amp="off")  # fp32, as evaluation
     vmin, vmax = float(maps.min()), float(maps.max())
 
     names = [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)]  # unique even when stems repeat

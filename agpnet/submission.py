@@ -16,6 +16,8 @@ folder (all 8 categories, every image) and packs it for the upload.
 
 import io
 import math
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,26 +51,39 @@ def write_submission(checkpoint: str, root: str, out_dir: str, categories: str |
     chosen = _categories(categories, meta, available, root, checkpoint)
     validation = {c: find_images([str(root / c / "validation" / "good")]) for c in chosen}
     test = {(c, s): find_images([str(root / c / s)]) for c in chosen for s in SUBMISSION_SETS}
-    targets = {key: [_targets(out, *key, root / key[0] / key[1], path) for path in paths]
+    targets = {key: [_targets(*key, root / key[0] / key[1], path) for path in paths]  # relative to out
                for key, paths in test.items()}
     if out.exists() and not out.is_dir():
         raise AgpnetError(f"{out}: expected a folder, found a file")
-    existing = next((t for pairs in targets.values() for pair in pairs for t in pair if t.exists()), None)
+    files = [relative for pairs in targets.values() for pair in pairs for relative in pair]
+    existing = next((out / relative for relative in files if (out / relative).exists()), None)
     if existing is not None and not overwrite:
         raise AgpnetError(f"{existing}: a submission file is already there; use --overwrite to replace it, "
                           "or another --out")
     sizes = {path: image_size(path) for paths in (*validation.values(), *test.values()) for path in paths}
 
+    # Everything is written into a staging folder first and moved into `out` once complete, so a
+    # failure (a map float16 cannot hold, a full disk) leaves no half submission behind.
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
     thresholds = {}
-    for category in chosen:
-        maps, _ = predict_maps(model, validation[category], torch_device, batch_size, amp="off")
-        thresholds[category] = _threshold(upsample(m, sizes[p]) for m, p in zip(maps, validation[category]))
-        for name in SUBMISSION_SETS:
-            maps, _ = predict_maps(model, test[category, name], torch_device, batch_size, amp="off")
-            for path, anomaly_map, (tiff, png) in zip(test[category, name], maps, targets[category, name]):
-                full = _float16(upsample(anomaly_map, sizes[path]).numpy(), path)
-                write_bytes(tiff, _tiff(full))
-                write_bytes(png, _png_binary(full.astype(np.float64) > thresholds[category]))
+    try:
+        for category in chosen:
+            maps, _ = predict_maps(model, validation[category], torch_device, batch_size, amp="off")
+            upsampled = (upsample(m, sizes[p]) for m, p in zip(maps, validation[category]))
+            thresholds[category] = _threshold(upsampled)
+            for name in SUBMISSION_SETS:
+                images = test[category, name]
+                maps, _ = predict_maps(model, images, torch_device, batch_size, amp="off")
+                for path, anomaly_map, (tiff, png) in zip(images, maps, targets[category, name]):
+                    full = _float16(upsample(anomaly_map, sizes[path]).numpy(), path)
+                    write_bytes(staging / tiff, _tiff(full))
+                    write_bytes(staging / png, _png_binary(full.astype(np.float64) > thresholds[category]))
+        for relative in files:
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / relative, out / relative)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return thresholds
 
 
@@ -90,10 +105,11 @@ def _categories(categories: str | None, meta: dict, available: list[str], root: 
     return list(trained)
 
 
-def _targets(out: Path, category: str, name: str, folder: Path, image: Path) -> tuple[Path, Path]:
+def _targets(category: str, name: str, folder: Path, image: Path) -> tuple[Path, Path]:
+    """The (TIFF, PNG) paths of `image`'s files, relative to the submission folder."""
     relative = image.relative_to(folder)
-    return (out / "anomaly_images" / category / name / relative.with_suffix(".tiff"),
-            out / "anomaly_images_thresholded" / category / name / relative.with_suffix(".png"))
+    return (Path("anomaly_images") / category / name / relative.with_suffix(".tiff"),
+            Path("anomaly_images_thresholded") / category / name / relative.with_suffix(".png"))
 
 
 def _threshold(maps: Iterable[torch.Tensor]) -> float:

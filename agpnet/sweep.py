@@ -46,8 +46,9 @@ When a cell runs again in a folder that holds a record.json, that record is kept
 Changed cells: a done cell whose record was made with other fields than the sweep now gives
 it (`base` or `--set` changed) is "changed". Fields are compared as RunConfig values (the
 record's `config` against `RunConfig.from_flat(notebook defaults + cell fields)`), so defaults
-and spellings compare equal; RUNTIME_FIELDS (out_dir, device, num_workers, checkpoint_every,
-compile, compile_mode) do not change a result and are not compared. Cells whose fields are not
+and spellings compare equal; runtime fields (agpnet.config.meaning: device, workers, compilation,
+caches, output) do not change a result and are not compared; a field an older record does not
+hold counts as changed. Cells whose fields are not
 RunConfig fields (another notebook) are not compared. A sweep with changed cells refuses to
 start, with one line naming them and their fields; `rerun_changed` (--rerun-changed) runs them
 again. `<out>/sweep.json` lists the cells, their statuses and fields (atomic): for a done or
@@ -83,7 +84,6 @@ SWEEP_KEYS = ("notebook", "out", "description", "base", "grid", "cells", "execut
 KERNEL = "python3"
 DONE, FAILED, PENDING, CHANGED = "done", "failed", "pending", "changed"
 STATUSES = (DONE, CHANGED, FAILED, PENDING)
-RUNTIME_FIELDS = ("out_dir", "device", "num_workers", "checkpoint_every", "compile", "compile_mode")
 PREVIOUS_RECORD = "record.previous.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 log = logging.getLogger(__name__)
@@ -263,10 +263,11 @@ def complete_record(cell_dir: Path) -> dict | None:
 
 
 def changed_fields(params: dict, record: dict, defaults: dict) -> dict | None:
-    """{field: [recorded, new]} for the fields (not RUNTIME_FIELDS) where a done cell's record differs
-    from `params` as the notebook runs them (its `defaults`, then `params`); None when `params` are
-    not RunConfig fields (a notebook other than train_eval: nothing to compare)."""
-    from agpnet.config import RunConfig
+    """{field: [recorded, new]} for the fields that change the result (not the runtime ones, see
+    agpnet.config.meaning) where a done cell's record differs from `params` as the notebook runs them
+    (its `defaults`, then `params`); a field the record does not hold (an older record) counts as
+    changed. None when `params` are not RunConfig fields (another notebook: nothing to compare)."""
+    from agpnet.config import RunConfig, field_names
 
     try:
         new = RunConfig.from_flat({**defaults, **params}).to_flat()
@@ -275,15 +276,20 @@ def changed_fields(params: dict, record: dict, defaults: dict) -> dict | None:
     old = _recorded_fields(record)
     if old is None:
         return {"config": ["unreadable", "the sweep's"]}
-    return {k: [old[k], new[k]] for k in new if k not in RUNTIME_FIELDS and old[k] != new[k]}
+    runtime = field_names(kind="runtime")
+    return {k: [old.get(k, "not recorded"), new[k]] for k in new
+            if k not in runtime and (k not in old or old[k] != new[k])}
 
 
 def _recorded_fields(record: dict) -> dict | None:
-    """The flat RunConfig fields of a record's config, or None when it cannot be read as one."""
-    from agpnet.config import RunConfig
+    """The flat RunConfig fields a record's config holds (coerced as RunConfig does; no defaults
+    filled in), or None when it cannot be read as a config."""
+    from agpnet.config import SECTIONS, RunConfig
 
     try:
-        return RunConfig.from_dict(record["config"]).to_flat()
+        config = record["config"]
+        held = {k for name, v in config.items() for k in (v if name in SECTIONS else {name: v})}
+        return {k: v for k, v in RunConfig.from_dict(config).to_flat().items() if k in held}
     except (AgpnetError, KeyError, TypeError, AttributeError):
         return None
 
@@ -306,7 +312,7 @@ def _survey(sweep: "Sweep", defaults: dict) -> tuple[dict, dict, dict]:
             statuses[cell.name], changes[cell.name] = CHANGED, changed
         recorded = _recorded_fields(record)
         listed[cell.name] = (None if recorded is None
-                             else {k: recorded[k.replace("-", "_")] for k in cell.params})
+                             else {k: recorded.get(k.replace("-", "_")) for k in cell.params})
     return statuses, listed, changes
 
 

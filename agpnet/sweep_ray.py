@@ -129,7 +129,7 @@ def run_cells(sweep: Sweep, cells: list[Cell], declared: dict, finished, progres
                     bars[cell.name] = TrainingBar(cell.name, position=_free_position(bars))
                 if cell.name in bars:
                     bars[cell.name].show(sweep.out / cell.name, where)
-    except KeyboardInterrupt:  # the cancelled cells keep their status (pending)
+    except BaseException:  # interrupted or broken: no task may go on writing; cancelled cells stay pending
         _cancel(ray, list(running))
         raise
     finally:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from agpnet.cli import main
 from agpnet.data import image_size
+from agpnet.errors import AgpnetError
 from agpnet.model.checkpoint import load_checkpoint
 from agpnet.predict import find_images, predict_maps, upsample
 from agpnet.submission import write_submission
@@ -117,3 +118,24 @@ def test_bad_input_writes_nothing(trained, tmp_path, capsys):
     finally:
         (root / "vial" / "elsewhere").rename(private)
     assert not out.exists()
+
+
+def test_a_failure_half_way_leaves_no_half_submission(trained, tmp_path, capsys, monkeypatch):
+    """Review fix: a map float16 cannot hold in the second category stops the export before any
+    file reaches --out (before, the first category's files stayed and blocked a rerun)."""
+    import agpnet.submission as submission
+
+    calls = {"n": 0}
+    original = submission._float16
+
+    def overflow_later(values, path):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise AgpnetError(f"{path}: map value too large for float16")
+        return original(values, path)
+
+    monkeypatch.setattr(submission, "_float16", overflow_later)
+    out = tmp_path / "submission"
+    assert _submit(trained, out) == 2
+    assert "too large for float16" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / ".submission.partial").exists()

@@ -435,3 +435,18 @@ def test_notebook_failing_after_its_record_is_failed_not_done(tmp_path):
     (out / "fail-after-1").unlink()
     summary = run_sweep(sweep_file, retry_failed=True, progress=False)
     assert summary["ran"] == ["n-1"] and summary["done"] == 1
+
+
+def test_changed_fields_ignore_runtime_settings_and_count_fields_a_record_lacks():
+    """Review fixes: every runtime field (caches, evaluation batch, maps) is ignored, not only a
+    hand-kept list; a field an older record does not hold is changed, not filled with today's default."""
+    from agpnet.config import RunConfig
+    from agpnet.sweep import changed_fields
+
+    record = {"config": RunConfig.from_flat({"epochs": 2}).to_dict()}
+    runtime = {"image_cache": "host", "eval_batch_size": 4, "cache_features": False, "save_maps": True,
+               "device": "cpu", "compile": True}
+    assert changed_fields({"epochs": 2, **runtime}, record, {}) == {}
+    assert changed_fields({"epochs": 3}, record, {}) == {"epochs": [2, 3]}
+    del record["config"]["model"]["ema_warmup"]  # written before the EMA warm-up existed
+    assert changed_fields({"epochs": 2}, record, {}) == {"ema_warmup": ["not recorded", True]}

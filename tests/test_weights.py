@@ -172,7 +172,7 @@ def test_weights_folder_round_trip_with_cli(tiny_model_fields, tmp_path, monkeyp
     (folder / manifest["file"]).write_bytes(data[:-4] + b"\0\0\0\0")
     with pytest.raises(AgpnetError, match="does not match .* recorded in"):
         build_model(tiny_cfg(tiny_model_fields), folder)
-    assert main(["weights", "list", str(folder)]) == 0
+    assert main(["weights", "list", str(folder)]) == 1  # a damaged file fails the command
     assert "DAMAGED" in capsys.readouterr().out
 
 
@@ -183,3 +183,16 @@ def test_weights_download_without_network_is_one_line(monkeypatch, tmp_path, cap
     assert err.count("\n") == 0 and "huggingface.co is not reachable" in err
     assert main(["weights", "download", "not_a_model", "--to", str(tmp_path / "w")]) == 2
     assert not (tmp_path / "w").exists()
+
+
+def test_hub_check_follows_the_configured_endpoint_and_offline_mode(monkeypatch):
+    """A mirror named by HF_ENDPOINT is what is probed (here a closed port on the loopback), and
+    HF_HUB_OFFLINE is answered without a probe."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    reason = backbone.hub_unavailable_reason("vit_small_patch16_224.dino", timeout_s=2.0)
+    assert reason.startswith("127.0.0.1 is not reachable") and "not in the local cache" in reason
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert backbone.hub_unavailable_reason("vit_small_patch16_224.dino").startswith("HF_HUB_OFFLINE is set")

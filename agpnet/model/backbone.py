@@ -25,6 +25,7 @@ import logging
 import socket
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -37,10 +38,8 @@ from agpnet.errors import AgpnetError
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SOURCES = ("hub", "auto", "random")  # besides a file or folder path
 WRAPPER_PREFIXES = ("module.", "model.", "backbone.", "teacher.backbone.", "teacher.", "student.backbone.",
                     "state_dict.", "model.module.", "module.backbone.", "encoder.")
-HUB_HOST = ("huggingface.co", 443)
 RANDOM_WARNING = ("the encoder has RANDOM weights, not the pretrained {backbone}: anomaly-detection numbers "
                   "from this model are not AGPNet results (use them only for tests and timing)")
 
@@ -134,18 +133,19 @@ def hub_unavailable_reason(name: str, timeout_s: float = 5.0) -> str | None:
     if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
         return None  # weights from another URL: let timm try
     repo = pretrained_cfg.hf_hub_id.split("@")[0]
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
-        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-            if isinstance(try_to_load_from_cache(repo, filename), str):
-                return None
-    except ImportError:
-        pass
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return None
+    if constants.HF_HUB_OFFLINE:
+        return f"HF_HUB_OFFLINE is set and {repo} is not in the local cache"
+    endpoint = urlparse(constants.ENDPOINT)  # huggingface.co, or the mirror HF_ENDPOINT names
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection(HUB_HOST, timeout=timeout_s).close()
+        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
     except OSError as err:
-        return f"{HUB_HOST[0]} is not reachable ({err}) and {repo} is not in the local cache"
+        return f"{endpoint.hostname} is not reachable ({err}) and {repo} is not in the local cache"
     return None
 
 
