@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agpnet.errors import AgpnetError
-from agpnet.records import load_records
+from agpnet.records import is_complete, load_record
 
 LISTED = 5  # folders named in a one-line message before "and N more"
 SHOWN = 20  # runs listed by describe()
@@ -96,9 +96,15 @@ def find_runs(runs_dir: str | Path, needs: tuple[str, ...] = ("maps.npz",)) -> R
     """Every folder below `runs_dir` (itself included) with a complete record.json and the files
     `needs` (e.g. maps.npz for the viewer, checkpoint.pt for the attention masks)."""
     found = RunsFound(runs_dir=resolve_runs_dir(runs_dir), needs=tuple(needs))
-    complete = {Path(r["run_dir"]): r for r in load_records(found.runs_dir)}
-    for record_path in sorted(found.runs_dir.rglob("record.json")):
+    complete = {}
+    for record_path in sorted(found.runs_dir.rglob("record.json")):  # a bad record is listed, not fatal
         run_dir = record_path.parent
+        try:
+            if is_complete(record_path):
+                complete[run_dir] = load_record(record_path)
+        except AgpnetError as err:
+            found.left_out.append(f"{found.name(run_dir)}: {err}")
+            continue
         missing = [n for n in needs if not (run_dir / n).is_file()]
         if run_dir not in complete:
             found.left_out.append(f"{found.name(run_dir)}: run not complete")

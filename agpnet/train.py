@@ -106,20 +106,20 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     if cfg.compile:
         model.compile_in_place(cfg.compile_mode)
 
+    if cfg.cache_features and getattr(train_set, "random_transform", False):
+        raise AgpnetError("train config cache_features=true: the training set applies a random transform, "
+                          "so cached features would go stale; use cache_features=false")
     started = time.perf_counter()
     amp = autocast(cfg.amp, device)
+    steps = math.ceil(len(train_set) / cfg.batch_size)
+    live.update(force=True, stage="features", epoch=start_epoch, epochs=cfg.epochs, step=start_epoch * steps,
+                steps=cfg.epochs * steps, loss=None, img_s=None)  # decoding the images counts as this stage
     order = torch.Generator()  # the shuffle alone draws from it: the order does not depend on workers
     batches = TrainingBatches(train_set, cfg, device, order)
-    steps = batches.steps
-    live.update(force=True, stage="features", epoch=start_epoch, epochs=cfg.epochs, step=start_epoch * steps,
-                steps=cfg.epochs * steps, loss=None, img_s=None)
     decay_epoch = round(cfg.lr_decay_at * cfg.epochs)
     saved = start_epoch if start_epoch else None  # epoch of the checkpoint on disk from this run
     n_images = 0
     cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
-    if cfg.cache_features and getattr(train_set, "random_transform", False):
-        raise AgpnetError("train config cache_features=true: the training set applies a random transform, "
-                          "so cached features would go stale; use cache_features=false")
     cache = None
     if cfg.cache_features:
         cache = FeatureCache(model, batches.in_order(), len(train_set), device, amp)
@@ -201,13 +201,11 @@ class TrainingBatches:
     def __init__(self, train_set, cfg: TrainConfig, device: torch.device, order: torch.Generator):
         self.dataset, self.batch_size, self.device, self.order = train_set, cfg.batch_size, device, order
         self.workers = loader_workers(cfg.num_workers, device)
-        self.steps = math.ceil(len(train_set) / cfg.batch_size)
         self.place = image_cache_place(cfg.image_cache, train_set, device)
         self.decoded = None
         if self.place is not None:
             where = device if self.place == "device" else torch.device("cpu")
-            pin = self.place == "host" and device.type == "cuda"
-            self.decoded = DecodedImages(train_set, where, self.workers, pin=pin)
+            self.decoded = DecodedImages(train_set, where, self.workers)
         else:
             self.loader = DataLoader(train_set, batch_size=cfg.batch_size, num_workers=self.workers,
                                      sampler=RandomSampler(train_set, generator=order),

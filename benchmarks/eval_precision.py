@@ -14,6 +14,8 @@ worst (category/metric), device.
 
 import argparse
 import json
+import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,9 +60,9 @@ def main() -> None:
     for category, values in records["fp32"]["metrics"].items():
         for key in METRICS:
             a, b = values[key], records["bf16"]["metrics"][category][key]
-            if a is None or b is None:
+            if math.isnan(a) and math.isnan(b):  # undefined in both (e.g. no defective image)
                 continue
-            diff = 100 * abs(a - b)
+            diff = math.inf if math.isnan(a) != math.isnan(b) else 100 * abs(a - b)  # NaN on one side only
             if diff >= max_diff:
                 worst, max_diff = f"{category}/{key}", diff
     device = records["fp32"]["environment"].get("gpu") or records["fp32"]["environment"]["device"]
@@ -69,6 +71,8 @@ def main() -> None:
     print(json.dumps({"fp32_s": seconds["fp32"], "bf16_s": seconds["bf16"],
                       "ratio": seconds["bf16"] / seconds["fp32"], "max_diff_pp": max_diff, "worst": worst,
                       "n_test": records["fp32"]["n_test"], "device": device}))
+    if math.isinf(max_diff):
+        sys.exit(f"eval_precision: {worst} is undefined (NaN) in one precision only")
 
 
 if __name__ == "__main__":

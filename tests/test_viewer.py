@@ -298,6 +298,17 @@ def test_run_picker_lists_the_runs_of_a_sweep_folder(tmp_path, monkeypatch):
     assert ViewerApp(sweep / "one").viewer.run.run_dir == found.runs[1]  # a run folder itself
     assert ViewerApp(tmp_path / "runs", run="demo/one").viewer.run.run_dir == found.runs[1]
 
+    # A record of another format among them is listed with its reason; the other runs still show.
+    import json
+
+    broken = json.loads((sweep / "one" / "record.json").read_text())
+    del broken["metrics"]
+    (sweep / "broken").mkdir()
+    (sweep / "broken" / "record.json").write_text(json.dumps(broken))
+    found = find_runs("runs")
+    assert [found.name(r) for r in found.runs] == ["demo/multi", "demo/one"]
+    assert any(item.startswith("demo/broken: ") and "metrics" in item for item in found.left_out)
+
 
 def test_runs_dir_errors_name_the_resolved_folder_and_what_was_found(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -133,14 +133,15 @@ class Perturbation:
                t: float, generator: torch.Generator | None = None, training: bool = True) -> dict:
         """The perturbed inputs of a batch at progress t, for `model` (its encode_clean and
         learned_attention): {"decoder_inputs": [(B, N, C) per enabled branch: the feature-perturbed
-        clean features, the features of the image-perturbed image], "feature_noise_std": (B, N) of
-        the clean branch, "image_perturbed": (B, 3, S, S), "image_mask": (B, S, S) bool}.
+        clean features, the features of the image-perturbed image], "image_perturbed": (B, 3, S, S),
+        and, for the branches that are on (always with training=False), "feature_noise_std": (B, N)
+        of the clean branch and "image_mask": (B, S, S) bool}.
         training=False (previews) draws no feature noise and does not encode the perturbed image."""
         b = images.shape[0]
-        out = {"decoder_inputs": [f_clean],
-               "feature_noise_std": torch.zeros(b, f_clean.shape[1], device=images.device),
-               "image_perturbed": images,
-               "image_mask": torch.zeros(b, *images.shape[-2:], dtype=torch.bool, device=images.device)}
+        out = {"decoder_inputs": [f_clean], "image_perturbed": images}
+        if not training:  # what a preview shows where a branch is off (training does not read them)
+            out["feature_noise_std"] = torch.zeros(b, f_clean.shape[1], device=images.device)
+            out["image_mask"] = torch.zeros(b, *images.shape[-2:], dtype=torch.bool, device=images.device)
         if not self.active:
             return out
         a_learn = model.learned_attention(f_clean) if self.uses_learned else None
