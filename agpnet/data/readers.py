@@ -298,7 +298,8 @@ def _read_visa_csv(root: Path, category: str) -> tuple[list[Sample], list[Sample
 
 def _realiad_categories(root: Path, realiad_resolution: str = "1024",
                         realiad_split: str = "realiad_jsons") -> list[str]:
-    """The category folders of the chosen resolution (each needs its <category>.json in the split)."""
+    """The category folders of the chosen resolution (`realiad_split` is taken, as every Real-IAD
+    option is, but a category's missing <category>.json is reported when the category is read)."""
     image_root = root / f"realiad_{realiad_resolution}"
     return [d.name for d in _subdirs(image_root)] if image_root.is_dir() else []
 
