@@ -63,14 +63,16 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True,
     return record
 
 
-def check_run_folder(out: Path, may_replace: bool) -> None:
-    """`out` must be a folder (or not exist yet), and must not hold a complete run unless `may_replace`."""
+def check_run_folder(out: Path, may_replace: bool, resumable: bool = True) -> None:
+    """`out` must be a folder (or not exist yet), and must not hold a complete run unless `may_replace`
+    (`resumable`: the command has --resume, so the message offers it)."""
     if out.exists() and not out.is_dir():
         raise AgpnetError(f"{out}: expected a folder, found a file")
     record = out / "record.json"
     if not may_replace and is_complete(record):
+        resume = ", --resume to continue it" if resumable else ""
         raise AgpnetError(f"{record}: a complete run is already in this folder; "
-                          "use --overwrite to replace it, --resume to continue it, or another --out")
+                          f"use --overwrite to replace it{resume}, or another --out")
 
 
 def data_identity(cfg: RunConfig, split) -> dict:
@@ -111,7 +113,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
     if out.resolve() == Path(checkpoint).resolve().parent:
         raise AgpnetError(f"--out {out_dir}: that is the checkpoint's own run folder; "
                           "its record.json would be replaced. Expected another folder")
-    check_run_folder(out, overwrite)
+    check_run_folder(out, overwrite, resumable=False)
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, torch_device)
     cfg = RunConfig(model=model.cfg, train=TrainConfig(**meta["train_config"]), weights=meta["weights"],

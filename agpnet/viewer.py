@@ -198,6 +198,7 @@ class RunViewer:
         self._images: dict[int, np.ndarray] = {}
         self._scales: dict[str, tuple[float, float]] = {}
         self._holding = False
+        self._presetting = False  # the threshold is being set by a preset: keep its "best F1" text
         self._attention_for: int | None = None
         self.indices: list[int] = []
         self.current: int | None = None
@@ -312,6 +313,8 @@ class RunViewer:
     def on_threshold(self, change=None):
         if self._holding:
             return
+        if not self._presetting:  # a threshold of the user's: the preset's text no longer applies
+            self.oracle_text = ""
         self.render()
 
     def step(self, offset: int):
@@ -343,7 +346,11 @@ class RunViewer:
         if threshold == self.threshold.value:
             self.render()
         else:
-            self.threshold.value = threshold  # renders
+            self._presetting = True
+            try:
+                self.threshold.value = threshold  # renders
+            finally:
+                self._presetting = False
 
     def save(self) -> Path | None:
         """Write the picture shown (PNG) to out_dir; returns its path."""

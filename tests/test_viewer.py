@@ -203,6 +203,8 @@ def test_presets_set_oracle_thresholds_computed_once(run_dir, monkeypatch):
     assert f"= {expected[1]:.3f}" in view.oracle_text and "the 4 images of bottle" in view.oracle_text
     view.presets["all"].click()
     assert len(calls) == 2 and "over all 8 images" in view.oracle_text
+    view.threshold.value = view.threshold.value * 0.5 + view.threshold.min * 0.5  # the user moves it
+    assert view.oracle_text == "" and "best pixel F1" not in view.info.value
 
 
 def test_colour_scale_per_category_or_global(run_dir):
