@@ -116,14 +116,19 @@ def _read_json(path: str | Path):
         raise AgpnetError(f"{path}: not a valid run record ({err})") from None
 
 
-def is_complete(path: str | Path) -> bool:
-    """Whether `path` holds a record with status "complete" (False when missing or unreadable;
-    the fields are not checked)."""
+def complete_record(path: str | Path) -> dict | None:
+    """The record in `path` when its status is "complete", else None (also when missing or
+    unreadable; the fields are not checked)."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("status") == COMPLETE
+        return None
+    return record if isinstance(record, dict) and record.get("status") == COMPLETE else None
+
+
+def is_complete(path: str | Path) -> bool:
+    """Whether `path` holds a record with status "complete" (see complete_record)."""
+    return complete_record(path) is not None
 
 
 def load_record(path: str | Path) -> dict:

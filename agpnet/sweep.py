@@ -75,6 +75,7 @@ from agpnet.atomic import write_json
 from agpnet.environment import timestamp
 from agpnet.errors import AgpnetError
 from agpnet.progress import PROGRESS_NAME, read_progress
+from agpnet.records import complete_record, is_complete
 from agpnet.yamlfile import read_yaml_mapping
 
 # The notebooks and sweep files that ship with the package (in the repository: links to notebooks/, sweeps/).
@@ -250,16 +251,7 @@ def cell_status(cell_dir: Path, notebook_name: str) -> str:
 
 
 def _finished(cell_dir: Path, notebook_name: str) -> bool:
-    return complete_record(cell_dir) is not None and (cell_dir / notebook_name).is_file()
-
-
-def complete_record(cell_dir: Path) -> dict | None:
-    """The cell's record.json when its status is "complete", else None."""
-    try:
-        record = json.loads((cell_dir / "record.json").read_text(encoding="utf-8"))
-    except (ValueError, OSError):
-        return None
-    return record if isinstance(record, dict) and record.get("status") == "complete" else None
+    return is_complete(cell_dir / "record.json") and (cell_dir / notebook_name).is_file()
 
 
 def changed_fields(params: dict, record: dict, defaults: dict) -> dict | None:
@@ -304,7 +296,7 @@ def _survey(sweep: "Sweep", defaults: dict) -> tuple[dict, dict, dict]:
         statuses[cell.name], listed[cell.name] = cell_status(cell_dir, sweep.notebook.name), cell.params
         if statuses[cell.name] != DONE:
             continue
-        record = complete_record(cell_dir)
+        record = complete_record(cell_dir / "record.json")
         changed = changed_fields(cell.params, record, defaults)
         if changed is None:  # not comparable: the sweep's fields are all there is
             continue
