@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one go (about 13 minutes on an H200, estimated):
-#   1. the tests, the CUDA ones included (tests/test_cuda.py and the metrics' CUDA tests);
-#   2. benchmarks/throughput.py: ViT-S at 256 px, batch 8 and 64, decoder depth 4 (default) and 2,
-#      and compiled;
-#   3. benchmarks/metrics_speed.py on the GPU;
-#   4. real runs on the synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class): plain,
-#      compiled, and compiled with CUDA graphs;
-#   5. the dataset-scale benchmark (benchmarks/train_speed.py, 3 epochs on the MVTec-AD-sized
-#      synthetic set, generated once into $SPEED_DATA and reused): each compile mode with the
-#      image cache on the device, and CUDA graphs without the image cache. Its JSON lines are
-#      appended, with the step, command and date, to $RESULTS and to $OUT/train_speed.jsonl.
-#   6. evaluation precision (benchmarks/eval_precision.py): one checkpoint evaluated with
-#      eval_precision fp32 and bf16, the time of each and the largest metric difference;
-#   7. packing (needs Ray: pip install -e '.[ray]'): 4 identical short training cells of a sweep on
+# Every check that needs a CUDA GPU, in one go, most important first (about 15 minutes on an H200,
+# estimated; the first seven steps took N s in one 10-minute call, see README "Measured speed"):
+#   1. the CUDA tests (tests/test_cuda.py and the metrics' and accumulator's CUDA tests);
+#   2. the dataset-scale benchmark (benchmarks/train_speed.py, 3 epochs on the MVTec-AD-sized
+#      synthetic set, generated once into $SPEED_DATA and reused): CUDA graphs with the image cache
+#      on the device first, then no compilation, the default compile mode, and CUDA graphs without
+#      the image cache. Its JSON lines are appended, with the step, command and date, to $RESULTS
+#      and to $OUT/train_speed.jsonl; the CUDA-graph run's record is copied to $OUT;
+#   3. evaluation precision (benchmarks/eval_precision.py) on that CUDA-graph run's checkpoint and
+#      the MVTec-AD-sized test set: eval_precision fp32 and bf16, the time of each and the largest
+#      metric difference;
+#   4. benchmarks/throughput.py: ViT-S at 256 px, batch 8 and 64, decoder depth 4 (default) and 2,
+#      and compiled; benchmarks/metrics_speed.py on the GPU;
+#   5. real runs on the small synthetic data at 256 px (`agpnet run`, 30 epochs, multi-class):
+#      plain, compiled, and compiled with CUDA graphs;
+#   6. packing (needs Ray: pip install -e '.[ray]'): 4 identical short training cells of a sweep on
 #      one GPU under the Ray executor, at --gpus-per-cell 1 and 0.25; the aggregate img/s ratio
 #      (benchmarks/sweep_scaling.py --packing; about 3 minutes; alone: STEPS=packing).
 # Each step has its own time limit and the script goes on when one fails; it exits 1 if any
@@ -23,15 +25,17 @@
 #   PY=.venv/bin/python bash benchmarks/gpu_check.sh
 #   STEPS="synth run_compiled" bash benchmarks/gpu_check.sh     # only these steps
 # Where one command may run 10 minutes at most, run it in two parts (different OUT folders):
-#   OUT=gpu_check/speed BUDGET=570 STEPS="environment synth_mvtec speed_none speed_default \
-#       speed_cudagraphs speed_cudagraphs_nocache" bash benchmarks/gpu_check.sh
-#   OUT=gpu_check/rest BUDGET=570 STEPS="environment tests throughput_b8 metrics_speed synth run \
-#       run_compiled run_cudagraphs" bash benchmarks/gpu_check.sh
+#   OUT=gpu_check/speed BUDGET=570 STEPS="environment tests synth_mvtec speed_cudagraphs \
+#       eval_precision speed_none speed_default" bash benchmarks/gpu_check.sh
+#   OUT=gpu_check/rest BUDGET=570 STEPS="environment speed_cudagraphs_nocache throughput_b8 \
+#       metrics_speed synth run run_compiled run_cudagraphs" bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-gpu_check}
 PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a smoke test of the script itself on a machine without a GPU
 BUDGET=${BUDGET:-1200}  # seconds for the whole script; a step never runs past it
 SPEED_DATA=${SPEED_DATA:-data/mvtec_scale}  # kept between calls: generating it takes minutes
+SPEED_ARGS=${SPEED_ARGS:-}  # more train_speed.py flags for every speed step, e.g. "--epochs 1 --image-size 64"
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | awk '{print tolower($NF)}')
 RESULTS=${RESULTS:-benchmarks/results/$(date +%F)_${GPU_NAME:-gpu}.jsonl}
 WORK=$(mktemp -d)
@@ -62,49 +66,52 @@ step() {  # step NAME LIMIT_S COMMAND...
 speed() {  # speed NAME LIMIT ARGS...: train_speed.py on $SPEED_DATA; its JSON line to $RESULTS and $OUT
     local name=$1 limit=$2
     shift 2
-    step "$name" "$limit" "$PY" benchmarks/train_speed.py --device cuda --root "$SPEED_DATA" "$@"
+    step "$name" "$limit" "$PY" benchmarks/train_speed.py --device $DEVICE --root "$SPEED_DATA" $SPEED_ARGS "$@"
     local line
     line=$(grep -h '^{"images"' "$WORK/step.log" 2>/dev/null | tail -n 1)
     [[ -n $line ]] || return 0
-    LINE=$line STEP=$name COMMAND="python3 benchmarks/train_speed.py --device cuda --root $SPEED_DATA $*" \
+    LINE=$line STEP=$name COMMAND="python3 benchmarks/train_speed.py --device $DEVICE --root $SPEED_DATA $SPEED_ARGS $*" \
         "$PY" -c 'import datetime, json, os
 print(json.dumps({"step": os.environ["STEP"], "command": os.environ["COMMAND"], **json.loads(os.environ["LINE"]),
                   "date": datetime.date.today().isoformat()}))' | tee -a "$OUT/train_speed.jsonl" >>"$RESULTS"
 }
 
+copy_record() { [[ ! -f $1 ]] || cp "$1" "$OUT/$2"; }
+
 step environment 30 bash -c "nvidia-smi -L; $PY -c 'import sys, torch, timm, numpy, sklearn; \
 print(sys.version.split()[0], torch.__version__, torch.version.cuda, timm.__version__, numpy.__version__, sklearn.__version__)'"
 step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py \
-    tests/test_accumulator.py tests/test_model.py tests/test_train.py tests/test_perturbation.py tests/test_evaluate.py
-step throughput_b8 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5
-step metrics_speed 90 "$PY" benchmarks/metrics_speed.py --device cuda
-step synth 60 "$PY" -m agpnet synth --out "$WORK/synth" --seed 0
-step run 150 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
-    --device cuda --weights random --out "$WORK/run"
-copy_record() { [[ ! -f $1 ]] || cp "$1" "$OUT/$2"; }
-copy_record "$WORK/run/record.json" record.json
-step run_compiled 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
-    --device cuda --weights random --compile true --out "$WORK/run_compiled"
-copy_record "$WORK/run_compiled/record.json" record_compiled.json
-step run_cudagraphs 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
-    --device cuda --weights random --compile true --compile-mode reduce-overhead --out "$WORK/run_cudagraphs"
-copy_record "$WORK/run_cudagraphs/record.json" record_cudagraphs.json
-step throughput_b64 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5
-step throughput_b8_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --decoder-depth 2
-step throughput_b64_depth2 60 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5 --decoder-depth 2
-step throughput_b64_compiled 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 64 --iters 10 --repeat 5 --compile
-step throughput_b8_compiled 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 --compile
-step throughput_b8_cudagraphs 180 "$PY" benchmarks/throughput.py --device cuda --batch-size 8 --iters 20 --repeat 5 \
-    --compile reduce-overhead
+    tests/test_accumulator.py -k cuda --durations=10
 step synth_mvtec 300 bash -c "grep -qs 'scale=mvtec, fraction=1.0' '$SPEED_DATA/README.md' \
     || '$PY' -m agpnet synth --out '$SPEED_DATA' --scale mvtec --seed 0"
+speed speed_cudagraphs 240 --compile-mode reduce-overhead --image-cache device --out "$WORK/speed"
+copy_record "$WORK/speed/run_reduce-overhead/record.json" record_speed_cudagraphs.json
+step eval_precision 180 "$PY" benchmarks/eval_precision.py --device $DEVICE \
+    --checkpoint "$WORK/speed/run_reduce-overhead/checkpoint.pt" --root "$SPEED_DATA"
 speed speed_none 180 --compile-mode none --image-cache device
 speed speed_default 240 --compile-mode default --image-cache device
-speed speed_cudagraphs 240 --compile-mode reduce-overhead --image-cache device
 speed speed_cudagraphs_nocache 240 --compile-mode reduce-overhead --image-cache off
-step eval_precision 180 "$PY" benchmarks/eval_precision.py --device cuda --epochs 5
+step throughput_b8 60 "$PY" benchmarks/throughput.py --device $DEVICE --batch-size 8 --iters 20 --repeat 5
+step metrics_speed 90 "$PY" benchmarks/metrics_speed.py --device $DEVICE
+step synth 60 "$PY" -m agpnet synth --out "$WORK/synth" --seed 0
+step run 150 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
+    --device $DEVICE --weights random --out "$WORK/run"
+copy_record "$WORK/run/record.json" record.json
+step run_compiled 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
+    --device $DEVICE --weights random --compile true --out "$WORK/run_compiled"
+copy_record "$WORK/run_compiled/record.json" record_compiled.json
+step run_cudagraphs 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
+    --device $DEVICE --weights random --compile true --compile-mode reduce-overhead --out "$WORK/run_cudagraphs"
+copy_record "$WORK/run_cudagraphs/record.json" record_cudagraphs.json
+step throughput_b64 60 "$PY" benchmarks/throughput.py --device $DEVICE --batch-size 64 --iters 10 --repeat 5
+step throughput_b8_depth2 60 "$PY" benchmarks/throughput.py --device $DEVICE --batch-size 8 --iters 20 --repeat 5 --decoder-depth 2
+step throughput_b64_depth2 60 "$PY" benchmarks/throughput.py --device $DEVICE --batch-size 64 --iters 10 --repeat 5 --decoder-depth 2
+step throughput_b64_compiled 180 "$PY" benchmarks/throughput.py --device $DEVICE --batch-size 64 --iters 10 --repeat 5 --compile
+step throughput_b8_compiled 180 "$PY" benchmarks/throughput.py --device $DEVICE --batch-size 8 --iters 20 --repeat 5 --compile
+step throughput_b8_cudagraphs 180 "$PY" benchmarks/throughput.py --device $DEVICE --batch-size 8 --iters 20 --repeat 5 \
+    --compile reduce-overhead
 step packing 300 "$PY" benchmarks/sweep_scaling.py --packing --cells 4 --epochs 10
-grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl"
-grep -h '^{"packed_img_s"' "$LOG" >"$OUT/packing.jsonl"
+grep -h '^{"encoder_img_s"' "$LOG" >"$OUT/throughput.jsonl" || rm -f "$OUT/throughput.jsonl"
+grep -h '^{"packed_img_s"' "$LOG" >"$OUT/packing.jsonl" || rm -f "$OUT/packing.jsonl"
 if ((${#FAILED[@]})); then echo "failed: ${FAILED[*]}" | tee -a "$LOG"; exit 1; fi
 echo "all steps passed" | tee -a "$LOG"
