@@ -194,10 +194,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, names=None, title="config
     group = parser.add_argument_group(f"{title} (defaults in brackets)")
     for name in names or [n for n in flat_fields() if n != "out_dir"]:
         flag = "--" + name.replace("_", "-")
-        group.add_argument(flag, dest=name, default=None, metavar="V", help=f"[{_show(defaults[name])}]")
+        group.add_argument(flag, dest=name, default=None, metavar="V", help=f"[{_show(defaults[name], name)}]")
 
 
-def _show(value) -> str:
+def _show(value, name: str) -> str:
+    if value is None and name == "compile":
+        return "auto"
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
     return str(value)

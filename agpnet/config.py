@@ -177,13 +177,14 @@ class TrainConfig:
     seed: int = field(default=0, metadata=meaning("seed"))
     # epochs between checkpoints; 0 = at the end only
     checkpoint_every: int = field(default=0, metadata=meaning("runtime", resume=True))
-    # DataLoader workers; None = min(4, CPUs) on CUDA, 0 on CPU
+    # DataLoader workers; None = usable CPUs - 1 (1..16) on CUDA, 0 on CPU (agpnet.runtime)
     num_workers: int | None = field(default=None, metadata=meaning("runtime", resume=True))
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA, off on CPU), "bf16" or "off"
-    # torch.compile the encoder and the decoders (pays off on long CUDA runs)
-    compile: bool = field(default=False, metadata=meaning("runtime", resume=True))
-    # torch.compile mode: "default", or "reduce-overhead" (CUDA graphs)
-    compile_mode: str = field(default="default", metadata=meaning("runtime", resume=True))
+    # torch.compile the encoder and the decoders for training; None (written auto): on CUDA when
+    # the run is long enough to repay the compilation (agpnet.runtime.use_compile), else not
+    compile: bool | None = field(default=None, metadata=meaning("runtime", resume=True))
+    # torch.compile mode: "reduce-overhead" (CUDA graphs; measured fastest) or "default"
+    compile_mode: str = field(default="reduce-overhead", metadata=meaning("runtime", resume=True))
     # compute clean features + A_prior once and reuse them
     cache_features: bool = field(default=True, metadata=RUNTIME)
     # decoded training images kept: auto (device on CUDA when they fit, else host), device, host,
@@ -339,6 +340,8 @@ def _coerce(key: str, value, annotation):
     base, optional = _unwrap_optional(annotation)
     if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
         return None
+    if optional and base is bool and value == "auto":  # an optional switch's None is its automatic choice
+        return None
     if value is None:
         raise AgpnetError(f"config field {key!r} cannot be empty; expected {_type_name(base)}")
     origin = typing.get_origin(base)
@@ -357,7 +360,8 @@ def _coerce(key: str, value, annotation):
         if base in (bool, int, float, str):
             return _scalar(value, base)
     except (TypeError, ValueError):
-        raise AgpnetError(f"config field {key!r}: got {value!r}; expected {_type_name(base)}") from None
+        expected = ("true, false or auto" if optional else "true or false") if base is bool else _type_name(base)
+        raise AgpnetError(f"config field {key!r}: got {value!r}; expected {expected}") from None
     return value
 
 

@@ -435,8 +435,9 @@ def execute_cell(notebook: Path, cell_dir: Path, cell: Cell, declared: dict, env
 
 
 def threads_env(cpus: int | None) -> dict:
-    """Environment variables that give a kernel `cpus` torch CPU threads ({} for torch's default)."""
-    return {"OMP_NUM_THREADS": str(cpus), "MKL_NUM_THREADS": str(cpus)} if cpus else {}
+    """Environment variables that give a kernel `cpus` torch CPU threads and as many CPUs for its
+    data-loader workers (agpnet.runtime.usable_cpus); {} for the defaults."""
+    return {"OMP_NUM_THREADS": str(cpus), "MKL_NUM_THREADS": str(cpus), "AGPNET_CPUS": str(cpus)} if cpus else {}
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from agpnet.errors import AgpnetError
 from agpnet.model import AGPNet
 from agpnet.model.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from agpnet.progress import ProgressFile
-from agpnet.runtime import autocast, loader_workers
+from agpnet.runtime import autocast, loader_workers, use_compile
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     if start_epoch >= cfg.epochs:
         model.eval()
         return TrainResult(losses, 0.0, float("nan"), path, segments)
-    if cfg.compile:
+    compiled = use_compile(cfg.compile, device, len(train_set) * cfg.epochs)
+    if compiled:
         model.compile_in_place(cfg.compile_mode)
 
     if cfg.cache_features and getattr(train_set, "random_transform", False):
@@ -119,12 +120,12 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     decay_epoch = round(cfg.lr_decay_at * cfg.epochs)
     saved = start_epoch if start_epoch else None  # epoch of the checkpoint on disk from this run
     n_images = 0
-    cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
+    cuda_graphs = compiled and cfg.compile_mode == "reduce-overhead" and device.type == "cuda"
     cache = None
     if cfg.cache_features:
         cache = FeatureCache(model, batches.in_order(), len(train_set), device, amp)
     segment = {"from_epoch": start_epoch, "to_epoch": start_epoch, "device": str(device),
-               "compile": cfg.compile, "compile_mode": cfg.compile_mode,
+               "compile": compiled, "compile_mode": cfg.compile_mode,
                "feature_cache": str(cache.features.dtype) if cache else None, "image_cache": batches.place}
     segments.append(segment)
     live.update(force=True, stage="train")
@@ -179,7 +180,7 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     seconds = time.perf_counter() - started
     live.update(force=True, stage="trained")
     # evaluation runs the plain modules: one pass does not repay a compilation for its batch size
-    if cfg.compile:
+    if compiled:
         model.compile_in_place(None)
     model.eval()
     return TrainResult(losses, seconds, n_images / seconds, path, segments, features_seconds, epoch_seconds)

@@ -137,7 +137,7 @@ def test_compile_compiles_encoder_and_decoders_in_place(tiny_model_fields, tmp_p
     compiled, original = [], torch.nn.Module.compile
 
     def eager_compile(module, *args, **kwargs):
-        assert kwargs == {"mode": "default"}
+        assert kwargs == {"mode": "reduce-overhead"}  # the default mode
         compiled.append(module)
         original(module, backend="eager")
 
@@ -264,9 +264,9 @@ def test_resume_refuses_other_data_and_lists_the_training_segments(tiny_model_fi
     resumed = fit(make_model(tiny_model_fields), data, cfg, tmp_path, "cpu", resume=True, progress=False,
                   data=identity)
     assert resumed.segments == [
-        {"from_epoch": 0, "to_epoch": 1, "device": "cpu", "compile": False, "compile_mode": "default",
+        {"from_epoch": 0, "to_epoch": 1, "device": "cpu", "compile": False, "compile_mode": "reduce-overhead",
          "feature_cache": "torch.float32", "image_cache": None},
-        {"from_epoch": 1, "to_epoch": 2, "device": "cpu", "compile": False, "compile_mode": "default",
+        {"from_epoch": 1, "to_epoch": 2, "device": "cpu", "compile": False, "compile_mode": "reduce-overhead",
          "feature_cache": "torch.float32", "image_cache": None}]
     _, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["data"] == identity and meta["segments"] == resumed.segments
