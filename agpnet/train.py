@@ -73,9 +73,12 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     live = ProgressFile(out_dir)
     try:
         return _fit(model, train_set, cfg, Path(out_dir), torch.device(device), resume, progress, live, data)
-    except BaseException:  # diverged, interrupted, crashed: the progress file must not look alive
+    except BaseException as err:  # diverged, interrupted, crashed: the progress file must not look alive
         if live.fields:
             live.update(force=True, stage="failed")
+        if isinstance(err, torch._dynamo.exc.TorchDynamoException):  # only a compiled run gets here
+            reason = " ".join(str(err).split())[:200]
+            raise AgpnetError(f"torch.compile failed ({reason}); train without it: --compile false") from err
         raise
 
 

@@ -324,3 +324,18 @@ def test_caches_refuse_a_dataset_with_a_random_transform(tiny_model_fields, tmp_
     with pytest.raises(AgpnetError, match="image_cache=host: this training set has no decoded pixels"):
         fit(make_model(tiny_model_fields), Stripes(4), quick(epochs=1, image_cache="host"), tmp_path, "cpu",
             progress=False)
+
+
+def test_a_failing_compiler_stops_with_one_line_naming_the_switch(tiny_model_fields, tmp_path, monkeypatch):
+    """compile is on by default for long CUDA runs: where torch.compile cannot work (no compiler,
+    an unsupported platform) the run stops with one line saying how to train without it."""
+    original = torch.nn.Module.compile
+
+    def no_compiler(gm, inputs):
+        raise RuntimeError("no C compiler found")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kwargs: original(module, backend=no_compiler))
+    with pytest.raises(AgpnetError, match=r"torch.compile failed \(.*no C compiler found.*\); train without it: "
+                                          r"--compile false"):
+        fit(make_model(tiny_model_fields), Stripes(8), quick(epochs=1, compile=True), tmp_path, "cpu",
+            progress=False)
