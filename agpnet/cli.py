@@ -78,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True)
     _add_config_flags(ev, DATA_FLAGS, "data (as for run; --dataset and --root are required)")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", default=16)
+    ev.add_argument("--eval-batch-size", "--batch-size", dest="batch_size", default=16)
     ev.add_argument("--save-maps", action="store_true")
-    ev.add_argument("--resolution", choices=EVAL_RESOLUTIONS, default="input",
+    ev.add_argument("--eval-resolution", "--resolution", dest="resolution", choices=EVAL_RESOLUTIONS,
+                    default="input",
                     help="compare maps and masks at the model's input size or at each image's original size")
-    ev.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    ev.add_argument("--eval-precision", "--precision", dest="precision", choices=("fp32", "bf16"), default="fp32",
                     help="fp32: model and stored maps in fp32; "
                          "bf16: bf16 autocast on CUDA, maps stored as float16")
     ev.add_argument("--out", required=True)

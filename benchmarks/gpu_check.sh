@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every check that needs a CUDA GPU, in one go, most important first (about 15 minutes on an H200,
-# estimated; the first seven steps took N s in one 10-minute call, see README "Measured speed"):
+# estimated; on 2026-11-30 the CUDA tests with the dataset generated alongside took 122 s, then
+# speed_cudagraphs 103 s, eval_precision 51 s, speed_none 86 s, speed_cudagraphs_nocache at
+# 2 epochs 122 s; speed_default did not finish in the 121 s left):
 #   1. the CUDA tests (tests/test_cuda.py and the metrics' and accumulator's CUDA tests);
 #   2. the dataset-scale benchmark (benchmarks/train_speed.py, 3 epochs on the MVTec-AD-sized
 #      synthetic set, generated once into $SPEED_DATA and reused): CUDA graphs with the image cache
@@ -24,16 +26,18 @@
 #
 #   PY=.venv/bin/python bash benchmarks/gpu_check.sh
 #   STEPS="synth run_compiled" bash benchmarks/gpu_check.sh     # only these steps
-# Where one command may run 10 minutes at most, run it in two parts (different OUT folders):
+# Where one command may run 10 minutes at most, run it in three parts (different OUT folders;
+# $SPEED_DATA stays between them):
 #   OUT=gpu_check/speed BUDGET=570 STEPS="environment tests synth_mvtec speed_cudagraphs \
-#       eval_precision speed_none speed_default" bash benchmarks/gpu_check.sh
-#   OUT=gpu_check/rest BUDGET=570 STEPS="environment speed_cudagraphs_nocache throughput_b8 \
-#       metrics_speed synth run run_compiled run_cudagraphs" bash benchmarks/gpu_check.sh
+#       eval_precision speed_none" bash benchmarks/gpu_check.sh
+#   OUT=gpu_check/modes BUDGET=570 STEPS="speed_default speed_cudagraphs_nocache" bash benchmarks/gpu_check.sh
+#   OUT=gpu_check/rest BUDGET=570 STEPS="throughput_b8 metrics_speed synth run run_compiled \
+#       run_cudagraphs throughput_b64 throughput_b8_compiled throughput_b8_cudagraphs" bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-gpu_check}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a smoke test of the script itself on a machine without a GPU
-BUDGET=${BUDGET:-1200}  # seconds for the whole script; a step never runs past it
+BUDGET=${BUDGET:-1800}  # seconds for the whole script; a step never runs past it
 SPEED_DATA=${SPEED_DATA:-data/mvtec_scale}  # kept between calls: generating it takes minutes
 SPEED_ARGS=${SPEED_ARGS:-}  # more train_speed.py flags for every speed step, e.g. "--epochs 1 --image-size 64"
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | awk '{print tolower($NF)}')

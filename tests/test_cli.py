@@ -128,6 +128,11 @@ def test_eval_reproduces_the_run_metrics(trained_run, synth_root, tmp_path):
     # evaluating into the checkpoint's own folder would replace its record: refused
     assert main(["eval", "--checkpoint", str(trained_run / "checkpoint.pt"), "--dataset", "mvtec",
                  "--root", str(synth_root), "--device", "cpu", "--out", str(trained_run)]) == 2
+    # the evaluation flags are named as for run (--eval-...); the short names stay as aliases
+    for flag in ("--eval-precision", "--precision"):
+        assert main(["eval", "--checkpoint", str(trained_run / "checkpoint.pt"), "--dataset", "mvtec",
+                     "--root", str(synth_root), "--device", "cpu", flag, "bf16", "--out", str(tmp_path / flag)]) == 0
+        assert json.loads((tmp_path / flag / "record.json").read_text())["eval"]["precision"] == "bf16"
 
 
 def test_eval_takes_the_dataset_options(trained_run, tmp_path):
