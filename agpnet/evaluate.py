@@ -4,9 +4,17 @@ By default maps and masks are compared at the model's input resolution (S x S, r
 crop; masks nearest-neighbour, binarised > 0), as metrics.md specifies. With
 resolution="original", each map is bilinearly upsampled to its image's original size and
 compared with the original mask; the images of a category may differ in size.
+
+Memory: the images of each category are counted up front from the test set, and a category is
+finished in the accumulator (its metrics computed, its maps freed) as soon as its last image is
+in. Every reader yields a category's test images together (load_split concatenates the
+categories), so at most one category's maps are held at a time: the peak is the largest
+category's maps plus their sort, not the whole test set. A test set in another order stays
+correct (nothing is reordered: maps.npz keeps the test set's order) and only holds maps longer.
 """
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +53,8 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
     accumulator = MetricAccumulator(map_dtype=torch.float32 if precision == "fp32" else torch.float16)
     amp = amp if precision == "bf16" else "off"
     keep = _MapStore(maps_size) if maps_path is not None else None
-    size = None
+    remaining = Counter(sample.category for sample in test_set.samples)  # images not yet added
+    size, metrics_seconds = None, 0.0
     start = time.perf_counter()
     model.eval()
     with torch.inference_mode(), autocast(amp, device):
@@ -63,9 +72,10 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
                                 batch["mask"])
             if keep is not None:
                 keep.add(batch, out, model.attention_masks(images, progress=1.0))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start  # the model's loop (with maps.npz collection when asked)
+            metrics_seconds += _finish_complete(accumulator, remaining, batch["category"], fpr_limit, device)
+    _synchronize(device)
+    # the model's loop (with maps.npz collection when asked), without the finished categories' metrics
+    seconds = time.perf_counter() - start - metrics_seconds
     metrics = accumulator.compute(fpr_limit=fpr_limit)
     if keep is not None:
         keep.save(maps_path)
@@ -74,6 +84,26 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
                  if resolution == "original" else f"input resolution {size}x{size} px (resize, no crop)")
     return EvalResult(metrics=metrics, n_images=n, seconds=seconds, images_per_second=n / max(seconds, 1e-9),
                       resolution=described, precision=precision)
+
+
+def _finish_complete(accumulator: MetricAccumulator, remaining: Counter, categories: list[str],
+                     fpr_limit: float, device: torch.device) -> float:
+    """Count the batch's images off `remaining` and finish the categories that have none left;
+    returns the seconds their metrics took (the model's queued work is waited for first)."""
+    remaining.subtract(categories)
+    complete = [name for name in dict.fromkeys(categories) if remaining[name] == 0]
+    if not complete:
+        return 0.0
+    _synchronize(device)
+    start = time.perf_counter()
+    for name in complete:
+        accumulator.finish(name, fpr_limit)
+    return time.perf_counter() - start
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _at_original_size(anomaly_map: torch.Tensor, sample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """agpnet.metrics.MetricAccumulator: batches in, per-category metrics equal to direct calls."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -157,6 +158,86 @@ def test_maps_of_different_sizes_in_one_category(backend):
     assert ours["pixel_f1max"] == pytest.approx(f1, abs=1e-9)
     assert ours["aupro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-9)
     assert ours["image_auroc"] == pytest.approx(image_metrics(scores, labels)["image_auroc"], abs=1e-12)
+
+
+def category_batches(seed: int = 11) -> list[tuple]:
+    """(category, scores, labels, maps, masks) batches, each category's together, maps of mixed
+    sizes (also within a category); "empty" has no defective images (NaN metrics and warnings)."""
+    rng = np.random.default_rng(seed)
+    plan = {"bottle": [(16, 16), (16, 16), (9, 13)], "cable": [(12, 12), (12, 12)], "empty": [(8, 8)],
+            "wood": [(10, 7), (15, 15)]}
+    batches = []
+    for name, sizes in plan.items():
+        for height, width in sizes:
+            labels = np.array([0, 0, 0] if name == "empty" else [1, 0, rng.integers(0, 2)], dtype=np.int64)
+            masks = (rng.random((3, height, width)) < 0.2) & labels.astype(bool)[:, None, None]
+            maps = (rng.random((3, height, width)) + 0.5 * masks).astype(np.float32)
+            scores = maps.reshape(3, -1).max(axis=1).astype(np.float64) + rng.normal(0, 0.2, 3)
+            batches.append((name, scores, labels, maps, masks))
+    return batches
+
+
+@pytest.mark.parametrize("backend", [np.asarray, torch.from_numpy])
+def test_finishing_categories_early_gives_the_same_results_and_warnings(backend):
+    batches = category_batches()
+    at_end, early = MetricAccumulator(), MetricAccumulator()
+    with warnings.catch_warnings(record=True) as warned_at_end:
+        warnings.simplefilter("always")
+        for name, *arrays in batches:
+            at_end.add(name, *(backend(x) for x in arrays))
+        expected = at_end.compute(fpr_limit=0.2)
+    with warnings.catch_warnings(record=True) as warned_early:
+        warnings.simplefilter("always")
+        for i, (name, *arrays) in enumerate(batches):
+            early.add(name, *(backend(x) for x in arrays))
+            if name != "wood" and batches[i + 1][0] != name:  # "wood" is left to compute()
+                early.finish(name, fpr_limit=0.2)
+        ours = early.compute(fpr_limit=0.2)
+    assert list(ours) == list(expected) == ["bottle", "cable", "empty", "wood", "mean"]
+    np.testing.assert_equal(ours, expected)  # exactly equal, NaN equal to NaN
+    assert all(math.isnan(v) for v in ours["empty"].values())
+    assert [str(w.message) for w in warned_early] == [str(w.message) for w in warned_at_end]
+    assert any("'empty'" in str(w.message) for w in warned_early)
+
+
+@pytest.mark.parametrize("backend", [np.asarray, torch.from_numpy])
+def test_a_finished_category_holds_no_maps(backend):
+    n, height, width = 3, 10, 12
+    masks = np.zeros((n, height, width), dtype=bool)
+    masks[1:, 2:5, 2:6] = True
+    labels = np.array([0, 1, 1])
+    maps = np.random.default_rng(0).random((n, height, width)).astype(np.float32) + masks
+    scores = maps.reshape(n, -1).max(axis=1)
+    accumulator = MetricAccumulator(map_dtype=torch.float32)
+    for name in ("a", "b"):
+        accumulator.add(name, *(backend(x) for x in (scores, labels, maps, masks)))
+    # float32 maps, masks packed to bits, float64 scores and int64 labels
+    per_category = n * height * width * 4 + n * math.ceil(height * width / 8) + n * 16
+    assert accumulator.stored_bytes == 2 * per_category
+    accumulator.finish("a")
+    assert accumulator.stored_bytes == per_category
+    accumulator.finish("b")
+    assert accumulator.stored_bytes == 0
+    assert list(accumulator.compute()) == ["a", "b", "mean"]
+
+
+def test_adding_to_a_finished_category_raises_and_leaves_no_trace():
+    masks = np.zeros((2, 8, 8), dtype=bool)
+    masks[1, 2:4, 2:5] = True
+    maps, scores, labels = masks + 0.5 * np.eye(8, dtype=np.float32), [0.1, 0.9], [0, 1]
+    accumulator = MetricAccumulator()
+    accumulator.add("a", scores, labels, maps, masks)
+    accumulator.finish("a")
+    with pytest.raises(AgpnetError, match="category 'a' was already finished"):
+        accumulator.add(["b", "a"], scores, labels, maps, masks)
+    assert accumulator.stored_bytes == 0  # "b" was not added either
+    with pytest.raises(AgpnetError, match="category 'a' was already finished"):
+        accumulator.finish("a")
+    with pytest.raises(AgpnetError, match="no batches of category 'b'"):
+        accumulator.finish("b")
+    with pytest.raises(AgpnetError, match="fpr_limit 0.2 differs from the 0.3 category 'a' was finished with"):
+        accumulator.compute(fpr_limit=0.2)
+    assert list(accumulator.compute()) == ["a", "mean"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,14 +1,19 @@
-"""Evaluation at the input resolution (default) and at each image's original resolution."""
+"""Evaluation at the input resolution (default) and at each image's original resolution; memory
+held per category."""
+
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import DataLoader
 
+import agpnet.evaluate
 from agpnet.data import AnomalyDataset, load_mask, load_split
 from agpnet.evaluate import evaluate
-from agpnet.metrics import image_metrics, pixel_metrics
+from agpnet.metrics import MetricAccumulator, image_metrics, pixel_metrics
 from agpnet.model import AGPNetConfig, build_model
 
 
@@ -86,3 +91,38 @@ def test_original_resolution_with_images_of_different_sizes(tmp_path, tiny_model
     assert metrics["pixel_ap"] == pytest.approx(ap, abs=1e-9)
     assert metrics["pixel_f1max"] == pytest.approx(f1, abs=1e-9)
     assert metrics["aupro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-9)
+
+
+@pytest.mark.parametrize("order", ["by category", "interleaved"])
+def test_each_category_is_freed_once_its_images_are_in(synth_root, tiny_model_fields, monkeypatch, order):
+    """The readers give each category's test images together: evaluate then holds one category's
+    maps at a time. Another order holds them longer; the metrics are those of keeping every map."""
+    model = _model(tiny_model_fields, image_size=64)
+    samples = load_split("mvtec", synth_root, "multi-class").test
+    if order == "interleaved":
+        samples = sorted(samples, key=lambda s: (str(s.image.name), s.category))
+    test_set = AnomalyDataset(samples, image_size=64, mean=model.mean, std=model.std)
+    counts = Counter(s.category for s in samples)
+    held = []
+
+    class Recording(MetricAccumulator):
+        def add(self, *args):
+            super().add(*args)
+            held.append(self.stored_bytes)
+
+    monkeypatch.setattr(agpnet.evaluate, "MetricAccumulator", Recording)
+    result = evaluate(model, test_set, torch.device("cpu"), batch_size=3)
+
+    kept = MetricAccumulator(map_dtype=torch.float32)  # every map until compute(), in the same batches
+    with torch.no_grad():
+        for batch in DataLoader(test_set, batch_size=3):
+            out = model.predict(batch["image"])
+            kept.add(batch["category"], out["score"], batch["label"], out["anomaly_map"], batch["mask"])
+    expected = kept.compute()
+    assert list(result.metrics) == list(expected) == [*dict.fromkeys(s.category for s in samples), "mean"]
+    np.testing.assert_equal(result.metrics, expected)  # exactly equal, NaN equal to NaN
+    per_image = 64 * 64 * 4 + 64 * 64 // 8 + 16  # float32 map, packed mask, score and label
+    if order == "by category":
+        assert len(counts) == 3 and max(held) == max(counts.values()) * per_image
+    else:
+        assert max(held) > max(counts.values()) * per_image
