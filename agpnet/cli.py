@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-resolution", "--resolution", dest="resolution", choices=EVAL_RESOLUTIONS,
                     default="input",
                     help="compare maps and masks at the model's input size or at each image's original size")
-    ev.add_argument("--eval-precision", "--precision", dest="precision", choices=("fp32", "bf16"), default="fp32",
+    ev.add_argument("--eval-precision", "--precision", dest="precision", choices=("fp32", "bf16"),
+                    default="fp32",
                     help="fp32: model and stored maps in fp32; "
                          "bf16: bf16 autocast on CUDA, maps stored as float16")
     ev.add_argument("--out", required=True)
@@ -195,7 +196,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, names=None, title="config
     group = parser.add_argument_group(f"{title} (defaults in brackets)")
     for name in names or [n for n in flat_fields() if n != "out_dir"]:
         flag = "--" + name.replace("_", "-")
-        group.add_argument(flag, dest=name, default=None, metavar="V", help=f"[{_show(defaults[name], name)}]")
+        group.add_argument(flag, dest=name, default=None, metavar="V",
+                           help=f"[{_show(defaults[name], name)}]")
 
 
 def _show(value, name: str) -> str:

@@ -360,7 +360,8 @@ def _coerce(key: str, value, annotation):
         if base in (bool, int, float, str):
             return _scalar(value, base)
     except (TypeError, ValueError):
-        expected = ("true, false or auto" if optional else "true or false") if base is bool else _type_name(base)
+        switch = "true, false or auto" if optional else "true or false"
+        expected = switch if base is bool else _type_name(base)
         raise AgpnetError(f"config field {key!r}: got {value!r}; expected {expected}") from None
     return value
 

@@ -437,7 +437,9 @@ def execute_cell(notebook: Path, cell_dir: Path, cell: Cell, declared: dict, env
 def threads_env(cpus: int | None) -> dict:
     """Environment variables that give a kernel `cpus` torch CPU threads and as many CPUs for its
     data-loader workers (agpnet.runtime.usable_cpus); {} for the defaults."""
-    return {"OMP_NUM_THREADS": str(cpus), "MKL_NUM_THREADS": str(cpus), "AGPNET_CPUS": str(cpus)} if cpus else {}
+    if not cpus:
+        return {}
+    return {"OMP_NUM_THREADS": str(cpus), "MKL_NUM_THREADS": str(cpus), "AGPNET_CPUS": str(cpus)}
 
 
 @contextlib.contextmanager
