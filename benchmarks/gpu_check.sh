@@ -102,7 +102,7 @@ step run 150 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting 
     --device $DEVICE --weights random --out "$WORK/run"
 copy_record "$WORK/run/record.json" record.json
 step run_compiled 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
-    --device $DEVICE --weights random --compile true --out "$WORK/run_compiled"
+    --device $DEVICE --weights random --compile true --compile-mode default --out "$WORK/run_compiled"
 copy_record "$WORK/run_compiled/record.json" record_compiled.json
 step run_cudagraphs 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
     --device $DEVICE --weights random --compile true --compile-mode reduce-overhead --out "$WORK/run_cudagraphs"
