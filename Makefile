@@ -27,7 +27,7 @@ demo: $(STAMP)
 	@echo "Report: reports/demo/index.html"
 
 # JupyterLab from the venv on notebooks/viewer.ipynb, with the demo runs ready: the first time this makes
-# the synthetic dataset and runs the demo sweep (as `make demo`, about 15 min on CPU); later the sweep
+# the synthetic dataset and runs the demo sweep (as `make demo`, about 5 min on CPU); later the sweep
 # finds its cells done. The notebooks' runs_dir "runs" finds runs/ from notebooks/ (agpnet.runfinder).
 lab: $(STAMP)
 	test -d data/synth || $(PY) -m agpnet synth --out data/synth --seed 0
@@ -38,7 +38,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/metrics_speed.py
 	$(PY) benchmarks/throughput.py
 
-# On a machine with a CUDA GPU: the CUDA tests and every GPU measurement (about 13 min, estimated), logs in gpu_check/
+# On a machine with a CUDA GPU: the CUDA tests and every GPU measurement, most important first (about
+# 15 min on an H200; where one command may run only 10 min, run it in parts: see its header), logs in gpu_check/
 gpu-check: $(STAMP)
 	PY=$(PY) bash benchmarks/gpu_check.sh
 

@@ -238,7 +238,7 @@ def _cmd_eval(args) -> int:
     record = evaluate_checkpoint(args.checkpoint, dataset=data.dataset, root=data.root, setting=data.setting,
                                  category=data.category, shots=data.shots, fast_jpeg=data.fast_jpeg,
                                  device=args.device,
-                                 batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
+                                 batch_size=_integer(args.batch_size, "--eval-batch-size", minimum=1),
                                  save_maps=args.save_maps, out_dir=args.out, resolution=args.resolution,
                                  overwrite=args.overwrite, precision=args.precision,
                                  options=data.reader_options())
@@ -262,7 +262,7 @@ def _cmd_mvtec2_submission(args) -> int:
 
     thresholds = write_submission(args.checkpoint, args.root, args.out, categories=args.category,
                                   device=args.device,
-                                  batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
+                                  batch_size=_integer(args.batch_size, "--eval-batch-size", minimum=1),
                                   overwrite=args.overwrite)
     for category, threshold in thresholds.items():
         print(f"{category}: threshold {threshold:.6g} (mean + 3 std of the validation/good map pixels)")

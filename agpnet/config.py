@@ -177,7 +177,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=meaning("seed"))
     # epochs between checkpoints; 0 = at the end only
     checkpoint_every: int = field(default=0, metadata=meaning("runtime", resume=True))
-    # DataLoader workers; None = usable CPUs - 1 (1..16) on CUDA, 0 on CPU (agpnet.runtime)
+    # DataLoader workers; None = usable CPUs - 1 (4..16) on CUDA, 0 on CPU (agpnet.runtime)
     num_workers: int | None = field(default=None, metadata=meaning("runtime", resume=True))
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA, off on CPU), "bf16" or "off"
     # torch.compile the encoder and the decoders for training; None (written auto): on CUDA when
@@ -338,9 +338,12 @@ def load_yaml_config(path: str | Path) -> dict:
 def _coerce(key: str, value, annotation):
     """Convert a value from YAML/CLI/papermill to the field's type; strings are parsed as YAML."""
     base, optional = _unwrap_optional(annotation)
+    if optional and base is bool and isinstance(value, str):  # a switch whose None is its automatic choice
+        if value.lower() == "auto":
+            return None
+        if value.lower() in ("none", "null"):  # not "off": say what is read
+            raise AgpnetError(f"config field {key!r}: got {value!r}; expected true, false or auto")
     if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
-        return None
-    if optional and base is bool and value == "auto":  # an optional switch's None is its automatic choice
         return None
     if value is None:
         raise AgpnetError(f"config field {key!r} cannot be empty; expected {_type_name(base)}")

@@ -8,9 +8,10 @@ compared with the original mask; the images of a category may differ in size.
 Memory: the images of each category are counted up front from the test set, and a category is
 finished in the accumulator (its metrics computed, its maps freed) as soon as its last image is
 in. Every reader yields a category's test images together (load_split concatenates the
-categories), so at most one category's maps are held at a time: the peak is the largest
-category's maps plus their sort, not the whole test set. A test set in another order stays
-correct (nothing is reordered: maps.npz keeps the test set's order) and only holds maps longer.
+categories), so at most one category's maps are held at a time (and the first images of the
+next one, up to a batch): the peak is about the largest category's maps plus their sort, not the
+whole test set. A test set in another order stays correct (nothing is reordered: maps.npz keeps
+the test set's order) and only holds maps longer.
 """
 
 import time
@@ -34,7 +35,7 @@ from agpnet.runtime import autocast, loader_workers
 class EvalResult:
     metrics: dict  # {category: {7 metrics + "mad"}, "mean": {...}}, fractions in [0, 1]
     n_images: int
-    seconds: float  # the evaluation loop (model, map collection), without the metrics' computation
+    seconds: float  # the whole evaluation: decoding, model, map collection and metrics (not maps.npz)
     images_per_second: float
     resolution: str
     precision: str  # "fp32" or "bf16" (model precision and map storage)
@@ -54,7 +55,7 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
     amp = amp if precision == "bf16" else "off"
     keep = _MapStore(maps_size) if maps_path is not None else None
     remaining = Counter(sample.category for sample in test_set.samples)  # images not yet added
-    size, metrics_seconds = None, 0.0
+    size = None
     start = time.perf_counter()
     model.eval()
     with torch.inference_mode(), autocast(amp, device):
@@ -72,11 +73,9 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
                                 batch["mask"])
             if keep is not None:
                 keep.add(batch, out, model.attention_masks(images, progress=1.0))
-            metrics_seconds += _finish_complete(accumulator, remaining, batch["category"], fpr_limit, device)
-    _synchronize(device)
-    # the model's loop (with maps.npz collection when asked), without the finished categories' metrics
-    seconds = time.perf_counter() - start - metrics_seconds
-    metrics = accumulator.compute(fpr_limit=fpr_limit)
+            _finish_complete(accumulator, remaining, batch["category"], fpr_limit)
+    metrics = accumulator.compute(fpr_limit=fpr_limit)  # host numbers: the device's work is done
+    seconds = time.perf_counter() - start
     if keep is not None:
         keep.save(maps_path)
     n = len(test_set)
@@ -87,23 +86,12 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
 
 
 def _finish_complete(accumulator: MetricAccumulator, remaining: Counter, categories: list[str],
-                     fpr_limit: float, device: torch.device) -> float:
-    """Count the batch's images off `remaining` and finish the categories that have none left;
-    returns the seconds their metrics took (the model's queued work is waited for first)."""
+                     fpr_limit: float) -> None:
+    """Count the batch's images off `remaining` and finish the categories that have none left."""
     remaining.subtract(categories)
-    complete = [name for name in dict.fromkeys(categories) if remaining[name] == 0]
-    if not complete:
-        return 0.0
-    _synchronize(device)
-    start = time.perf_counter()
-    for name in complete:
-        accumulator.finish(name, fpr_limit)
-    return time.perf_counter() - start
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    for name in dict.fromkeys(categories):
+        if remaining[name] == 0:
+            accumulator.finish(name, fpr_limit)
 
 
 def _at_original_size(anomaly_map: torch.Tensor, sample) -> tuple[torch.Tensor, torch.Tensor]:

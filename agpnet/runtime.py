@@ -1,4 +1,5 @@
-"""Where and how computation runs at inference and training: device, autocast, loader workers."""
+"""Where and how computation runs at inference and training: device, autocast, loader workers,
+and whether training is compiled."""
 
 import os
 
@@ -22,28 +23,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-MAX_LOADER_WORKERS = 16  # decoding is what the GPU waits for (MVTec-AD on an H200 host: README)
+# Decoding is what the GPU waits for (MVTec-AD on an H200 host: README "Measured speed").
+MIN_LOADER_WORKERS = 4  # the default before it was measured; fewer only on a machine with fewer CPUs
+MAX_LOADER_WORKERS = 16
 
 
 def loader_workers(num_workers: int | None, device: torch.device) -> int:
     """DataLoader workers: as configured; else on CUDA one per usable CPU but one (left to the main
-    process), between 1 and MAX_LOADER_WORKERS; on the CPU 0 (decoding in the main process, whose
-    threads the model needs)."""
+    process), at least MIN_LOADER_WORKERS (or the machine's CPUs) and at most MAX_LOADER_WORKERS;
+    on the CPU 0 (decoding in the main process, whose threads the model needs)."""
     if num_workers is not None:
         return num_workers
     if device.type != "cuda":
         return 0
-    return max(1, min(MAX_LOADER_WORKERS, usable_cpus() - 1))
+    return max(min(MIN_LOADER_WORKERS, machine_cpus()), min(MAX_LOADER_WORKERS, usable_cpus() - 1))
 
 
 def usable_cpus() -> int:
     """CPUs this process may use: AGPNET_CPUS when a sweep gave its cell a share of the machine
-    (`--cpus-per-cell`), else the CPUs the process is allowed to run on."""
+    (`--cpus-per-cell`), else the machine's CPUs."""
     share = os.environ.get("AGPNET_CPUS", "")
     if share:
         if not share.isdigit() or int(share) < 1:
             raise AgpnetError(f"environment variable AGPNET_CPUS={share!r}: expected a whole number >= 1")
         return int(share)
+    return machine_cpus()
+
+
+def machine_cpus() -> int:
+    """The CPUs this process is allowed to run on."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -55,11 +63,11 @@ def usable_cpus() -> int:
 COMPILE_MIN_IMAGES = 20_000
 
 
-def use_compile(compile: bool | None, device: torch.device, images: int) -> bool:
+def use_compile(setting: bool | None, device: torch.device, images: int) -> bool:
     """Whether training runs compiled: as configured (True/False); for None (auto) on CUDA when it
-    trains at least COMPILE_MIN_IMAGES images in all (`images` = training-set size x epochs)."""
-    if compile is not None:
-        return compile
+    still trains at least COMPILE_MIN_IMAGES images (`images` = training-set size x epochs left)."""
+    if setting is not None:
+        return setting
     return device.type == "cuda" and images >= COMPILE_MIN_IMAGES
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -76,10 +77,17 @@ def fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: str | Path, device:
     except BaseException as err:  # diverged, interrupted, crashed: the progress file must not look alive
         if live.fields:
             live.update(force=True, stage="failed")
-        if isinstance(err, torch._dynamo.exc.TorchDynamoException):  # only a compiled run gets here
-            reason = " ".join(str(err).split())[:200]
-            raise AgpnetError(f"torch.compile failed ({reason}); train without it: --compile false") from err
+        if _compile_failed(err):
+            reason = " ".join(str(err).split())[:500]
+            raise AgpnetError(f"torch.compile failed ({reason}); train without it: compile: false "
+                              "(--compile false)") from err
         raise
+
+
+def _compile_failed(err: BaseException) -> bool:
+    """Whether `err` comes from torch.compile (its exception module looked up, never imported here)."""
+    dynamo = sys.modules.get("torch._dynamo.exc")
+    return dynamo is not None and isinstance(err, dynamo.TorchDynamoException)
 
 
 def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torch.device, resume: bool,
@@ -106,8 +114,11 @@ def _fit(model: AGPNet, train_set, cfg: TrainConfig, out_dir: Path, device: torc
     if start_epoch >= cfg.epochs:
         model.eval()
         return TrainResult(losses, 0.0, float("nan"), path, segments)
-    compiled = use_compile(cfg.compile, device, len(train_set) * cfg.epochs)
+    compiled = use_compile(cfg.compile, device, len(train_set) * (cfg.epochs - start_epoch))
     if compiled:
+        if cfg.compile is None:
+            log.info("compile auto: compiling for %d epochs of %d images (mode %s)", cfg.epochs - start_epoch,
+                     len(train_set), cfg.compile_mode)
         model.compile_in_place(cfg.compile_mode)
 
     if cfg.cache_features and getattr(train_set, "random_transform", False):

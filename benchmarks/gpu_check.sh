@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check that needs a CUDA GPU, in one go, most important first (about 15 minutes on an H200,
-# estimated; on 2026-11-30 the CUDA tests with the dataset generated alongside took 122 s, then
-# speed_cudagraphs 103 s, eval_precision 51 s, speed_none 86 s, speed_cudagraphs_nocache at
+# estimated; on 2026-11-30: the CUDA tests 95 s while the dataset was generated alongside in 117 s,
+# then speed_cudagraphs 103 s, eval_precision 51 s, speed_none 86 s, speed_cudagraphs_nocache at
 # 2 epochs 122 s; speed_default did not finish in the 121 s left):
 #   1. the CUDA tests (tests/test_cuda.py and the metrics' and accumulator's CUDA tests);
 #   2. the dataset-scale benchmark (benchmarks/train_speed.py, 3 epochs on the MVTec-AD-sized
@@ -33,6 +33,7 @@
 #   OUT=gpu_check/modes BUDGET=570 STEPS="speed_default speed_cudagraphs_nocache" bash benchmarks/gpu_check.sh
 #   OUT=gpu_check/rest BUDGET=570 STEPS="throughput_b8 metrics_speed synth run run_compiled \
 #       run_cudagraphs throughput_b64 throughput_b8_compiled throughput_b8_cudagraphs" bash benchmarks/gpu_check.sh
+# and, where time is left, STEPS="throughput_b8_depth2 throughput_b64_depth2 throughput_b64_compiled packing".
 set -u
 OUT=${OUT:-gpu_check}
 PY=${PY:-python3}
@@ -99,7 +100,7 @@ step throughput_b8 60 "$PY" benchmarks/throughput.py --device $DEVICE --batch-si
 step metrics_speed 90 "$PY" benchmarks/metrics_speed.py --device $DEVICE
 step synth 60 "$PY" -m agpnet synth --out "$WORK/synth" --seed 0
 step run 150 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
-    --device $DEVICE --weights random --out "$WORK/run"
+    --device $DEVICE --weights random --compile false --out "$WORK/run"
 copy_record "$WORK/run/record.json" record.json
 step run_compiled 240 "$PY" -m agpnet run --dataset mvtec --root "$WORK/synth" --setting multi-class --epochs 30 \
     --device $DEVICE --weights random --compile true --compile-mode default --out "$WORK/run_compiled"

@@ -42,4 +42,3 @@ def test_timestamp_is_iso_8601_with_offset_to_the_second():
     value = datetime.datetime.fromisoformat(timestamp())
     assert value.tzinfo is not None and value.microsecond == 0
     assert abs((datetime.datetime.now(datetime.timezone.utc) - value).total_seconds()) < 5
-

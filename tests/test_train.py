@@ -336,6 +336,6 @@ def test_a_failing_compiler_stops_with_one_line_naming_the_switch(tiny_model_fie
 
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kwargs: original(module, backend=no_compiler))
     with pytest.raises(AgpnetError, match=r"torch.compile failed \(.*no C compiler found.*\); train without it: "
-                                          r"--compile false"):
+                                          r"compile: false \(--compile false\)"):
         fit(make_model(tiny_model_fields), Stripes(8), quick(epochs=1, compile=True), tmp_path, "cpu",
             progress=False)
