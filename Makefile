@@ -29,10 +29,11 @@ demo: $(STAMP)
 # JupyterLab from the venv on notebooks/viewer.ipynb, with the demo runs ready: the first time this makes
 # the synthetic dataset and runs the demo sweep (as `make demo`, about 5 min on CPU); later the sweep
 # finds its cells done. The notebooks' runs_dir "runs" finds runs/ from notebooks/ (agpnet.runfinder).
+# As root (a container) JupyterLab needs --allow-root, which is then passed.
 lab: $(STAMP)
 	test -d data/synth || $(PY) -m agpnet synth --out data/synth --seed 0
 	$(PY) -m agpnet sweep sweeps/demo.yaml --out runs/demo
-	$(PY) -m jupyterlab notebooks/viewer.ipynb
+	$(PY) -m jupyterlab notebooks/viewer.ipynb $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 bench: $(STAMP)
 	$(PY) benchmarks/metrics_speed.py
