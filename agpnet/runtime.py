@@ -64,11 +64,17 @@ COMPILE_MIN_IMAGES = 20_000
 
 
 def use_compile(setting: bool | None, device: torch.device, images: int) -> bool:
-    """Whether training runs compiled: as configured (True/False); for None (auto) on CUDA when it
-    still trains at least COMPILE_MIN_IMAGES images (`images` = training-set size x epochs left)."""
+    """Whether training runs compiled: as configured (True/False); for None (auto) on a CUDA GPU
+    that torch.compile supports when it still trains at least COMPILE_MIN_IMAGES images (`images` =
+    training-set size x epochs left)."""
     if setting is not None:
         return setting
-    return device.type == "cuda" and images >= COMPILE_MIN_IMAGES
+    return device.type == "cuda" and images >= COMPILE_MIN_IMAGES and compiler_supports(device)
+
+
+def compiler_supports(device: torch.device) -> bool:
+    """torch.compile's GPU code generator (Triton) needs compute capability 7.0 or newer."""
+    return torch.cuda.get_device_capability(device) >= (7, 0)
 
 
 def autocast(amp: str, device: torch.device) -> torch.autocast:

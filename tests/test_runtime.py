@@ -36,14 +36,17 @@ def test_loader_workers_use_the_cpus_a_cell_was_given(monkeypatch):
         loader_workers(None, CUDA)
 
 
-def test_compile_auto_compiles_long_cuda_runs_only():
-    """compile: auto (None) compiles on CUDA from COMPILE_MIN_IMAGES training images on; never on
-    the CPU; true/false are obeyed."""
+def test_compile_auto_compiles_long_cuda_runs_only(monkeypatch):
+    """compile: auto (None) compiles on CUDA from COMPILE_MIN_IMAGES training images on, where
+    torch.compile supports the GPU; never on the CPU; true/false are obeyed."""
     mvtec_500_epochs = 3629 * 500
+    monkeypatch.setattr(runtime, "compiler_supports", lambda device: True)
     assert use_compile(None, CUDA, mvtec_500_epochs)
     assert not use_compile(None, CUDA, COMPILE_MIN_IMAGES - 1)
     assert not use_compile(None, CPU, mvtec_500_epochs)
     assert use_compile(True, CPU, 1) and not use_compile(False, CUDA, mvtec_500_epochs)
+    monkeypatch.setattr(runtime, "compiler_supports", lambda device: False)  # a GPU older than Volta
+    assert not use_compile(None, CUDA, mvtec_500_epochs)
 
 
 def test_compile_field_reads_true_false_and_auto_only():
