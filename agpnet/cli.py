@@ -262,7 +262,7 @@ def _cmd_mvtec2_submission(args) -> int:
 
     thresholds = write_submission(args.checkpoint, args.root, args.out, categories=args.category,
                                   device=args.device,
-                                  batch_size=_integer(args.batch_size, "--eval-batch-size", minimum=1),
+                                  batch_size=_integer(args.batch_size, "--batch-size", minimum=1),
                                   overwrite=args.overwrite)
     for category, threshold in thresholds.items():
         print(f"{category}: threshold {threshold:.6g} (mean + 3 std of the validation/good map pixels)")

@@ -189,6 +189,8 @@ def test_out_naming_a_file_says_a_folder_was_expected(synth_root, tmp_path, caps
         (["predict", "--checkpoint", "c.pt", "x.png", "--out", "o", "--batch-size", "0"], "--batch-size 0: expected an integer >= 1"),
         (["eval", "--checkpoint", "c.pt", "--dataset", "mvtec", "--root", "r", "--out", "o", "--eval-batch-size", "two"],
          "--eval-batch-size two: expected an integer >= 1"),
+        (["mvtec2-submission", "--checkpoint", "c.pt", "--root", "r", "--out", "o", "--batch-size", "two"],
+         "--batch-size two: expected an integer >= 1"),
         (["synth", "--out", "s", "--n-train", "1.5"], "--n-train 1.5: expected an integer >= 0"),
     ],
 )
