@@ -8,10 +8,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Reinstall only when pyproject.toml changed (or the venv is missing).
+# Reinstall only when pyproject.toml changed (or the venv is missing). pip checks each download against
+# the index's sha256; a download damaged in transit fails that check (seen once in CI, on Ray's 79 MB
+# wheel), so a failed install is tried once more, without pip's cache.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(PY) -m pip install -q -e '.[dev,ray]' || \
+	  { echo "pip install failed; trying once more without pip's cache" >&2; \
+	    $(PY) -m pip install -q --no-cache-dir -e '.[dev,ray]'; }
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (agpnet)" >/dev/null
 	touch $(STAMP)
 
