@@ -75,7 +75,7 @@ from agpnet.atomic import write_json
 from agpnet.environment import timestamp
 from agpnet.errors import AgpnetError
 from agpnet.progress import PROGRESS_NAME, read_progress
-from agpnet.records import complete_record, is_complete
+from agpnet.records import complete_record
 from agpnet.yamlfile import read_yaml_mapping
 
 # The notebooks and sweep files that ship with the package (in the repository: links to notebooks/, sweeps/).
@@ -245,13 +245,22 @@ def cell_name(own: dict) -> str:
 def cell_status(cell_dir: Path, notebook_name: str) -> str:
     """"failed" (error.json), "done" (a complete record.json and the executed notebook
     `notebook_name`) or "pending"."""
+    return _cell_state(cell_dir, notebook_name)[0]
+
+
+def _cell_state(cell_dir: Path, notebook_name: str) -> tuple[str, dict | None]:
+    """The cell's status (see cell_status) and, for a done cell, its complete record."""
     if (cell_dir / "error.json").is_file():
-        return FAILED
-    return DONE if _finished(cell_dir, notebook_name) else PENDING
+        return FAILED, None
+    record = _done_record(cell_dir, notebook_name)
+    return (DONE, record) if record is not None else (PENDING, None)
 
 
-def _finished(cell_dir: Path, notebook_name: str) -> bool:
-    return is_complete(cell_dir / "record.json") and (cell_dir / notebook_name).is_file()
+def _done_record(cell_dir: Path, notebook_name: str) -> dict | None:
+    """The complete record of a cell whose executed notebook is there, else None."""
+    if not (cell_dir / notebook_name).is_file():
+        return None
+    return complete_record(cell_dir / "record.json")
 
 
 def changed_fields(params: dict, record: dict, defaults: dict) -> dict | None:
@@ -293,10 +302,10 @@ def _survey(sweep: "Sweep", defaults: dict) -> tuple[dict, dict, dict]:
     statuses, listed, changes = {}, {}, {}
     for cell in sweep.cells:
         cell_dir = sweep.out / cell.name
-        statuses[cell.name], listed[cell.name] = cell_status(cell_dir, sweep.notebook.name), cell.params
+        statuses[cell.name], record = _cell_state(cell_dir, sweep.notebook.name)
+        listed[cell.name] = cell.params
         if statuses[cell.name] != DONE:
             continue
-        record = complete_record(cell_dir / "record.json")
         changed = changed_fields(cell.params, record, defaults)
         if changed is None:  # not comparable: the sweep's fields are all there is
             continue
@@ -425,7 +434,7 @@ def execute_cell(notebook: Path, cell_dir: Path, cell: Cell, declared: dict, env
                     traceback.format_exc().splitlines(), error_fields)
         return FAILED
     _keep_notebook(partial, final)
-    if not _finished(cell_dir, notebook.name):
+    if _done_record(cell_dir, notebook.name) is None:
         write_error(cell_dir, cell, final,
                     f"the notebook finished without writing a complete {cell_dir}/record.json",
                     [], error_fields)

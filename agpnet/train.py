@@ -235,6 +235,7 @@ class TrainingBatches:
                 yield batch["image"].to(self.device, non_blocking=True), batch["index"]
             return
         permutation = torch.randperm(len(self.dataset), generator=self.order)  # what RandomSampler draws
+        permutation = permutation.to(self.decoded.pixels.device)  # one copy per epoch, not two per step
         for index in permutation.split(self.batch_size):
             yield self.decoded.batch(index, self.device), index
 
