@@ -38,7 +38,9 @@ Resuming: a cell is done when its folder holds a record.json with status "comple
 executed notebook (a sweep killed between the two leaves the cell not done); a done cell never
 runs again. A cell that fails (an exception in the notebook, even after its record was written,
 or no complete record at the end) gets error.json (message and traceback), is "failed" while
-that file is there, and the sweep goes on; it runs again only with `retry_failed`. A sweep
+that file is there, and the sweep goes on; it runs again only with `retry_failed`. A record.json
+the failed notebook wrote is renamed record.failed.json, so that tables, reports and the viewer
+(which read record.json) never show a failed cell's numbers. A sweep
 killed at any point (Ctrl-C, SIGKILL) and started again re-runs only the cell that was running.
 When a cell runs again in a folder that holds a record.json, that record is kept as
 `record.previous.json` and everything else of the old run is removed first.
@@ -86,6 +88,7 @@ KERNEL = "python3"
 DONE, FAILED, PENDING, CHANGED = "done", "failed", "pending", "changed"
 STATUSES = (DONE, CHANGED, FAILED, PENDING)
 PREVIOUS_RECORD = "record.previous.json"
+FAILED_RECORD = "record.failed.json"  # the record a failed cell's notebook wrote
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 log = logging.getLogger(__name__)
 
@@ -468,11 +471,12 @@ def _environment(env: dict):
 
 def _clear_old_run(cell_dir: Path, final: Path) -> None:
     """Before a cell runs: nothing of an earlier run may pass for the new one's. A record.json (a
-    changed cell's, or one whose notebook never made it) is kept as record.previous.json and the
-    rest of that run is removed; else an executed notebook of an earlier failed attempt is removed
-    (error.json stays until the cell succeeds)."""
-    if (cell_dir / "record.json").exists():
-        os.replace(cell_dir / "record.json", cell_dir / PREVIOUS_RECORD)
+    changed cell's, or one whose notebook never made it) or a failed cell's FAILED_RECORD is kept
+    as record.previous.json and the rest of that run is removed; else an executed notebook of an
+    earlier failed attempt is removed (error.json stays until the cell succeeds)."""
+    old = [cell_dir / name for name in ("record.json", FAILED_RECORD) if (cell_dir / name).exists()]
+    if old:
+        os.replace(old[0], cell_dir / PREVIOUS_RECORD)
         for child in cell_dir.iterdir():
             if child.name != PREVIOUS_RECORD:
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
@@ -540,7 +544,10 @@ def _check_fields(sweep: Sweep) -> None:
 
 def write_error(cell_dir: Path, cell: Cell, notebook: Path, message: str, trace: list[str],
                 where: dict) -> None:
-    """error.json in the cell's folder: one-line message, traceback, where it failed."""
+    """error.json in the cell's folder: one-line message, traceback, where it failed. A record.json
+    there is renamed FAILED_RECORD first: a failed cell's record is not a result."""
+    if (cell_dir / "record.json").exists():
+        os.replace(cell_dir / "record.json", cell_dir / FAILED_RECORD)
     message = " ".join(_ANSI.sub("", message).split())
     log.warning("sweep cell %s failed: %s (details: %s)", cell.name, message, cell_dir / "error.json")
     write_json(cell_dir / "error.json", {

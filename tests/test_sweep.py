@@ -430,11 +430,14 @@ def test_notebook_failing_after_its_record_is_failed_not_done(tmp_path):
     out.mkdir()
     (out / "fail-after-1").touch()
     assert run_sweep(sweep_file, progress=False)["failed"] == 1
-    assert (out / "n-1" / "record.json").is_file() and (out / "n-1" / "tiny.ipynb").is_file()
+    # its record is kept aside, where tables, reports and the viewer (record.json) do not see it
+    assert not (out / "n-1" / "record.json").exists() and (out / "n-1" / "tiny.ipynb").is_file()
+    assert json.loads((out / "n-1" / "record.failed.json").read_text())["n"] == 1
     assert run_sweep(sweep_file, progress=False)["failed"] == 1  # not done on the next start either
     (out / "fail-after-1").unlink()
     summary = run_sweep(sweep_file, retry_failed=True, progress=False)
     assert summary["ran"] == ["n-1"] and summary["done"] == 1
+    assert (out / "n-1" / "record.json").is_file() and not (out / "n-1" / "record.failed.json").exists()
 
 
 def test_changed_fields_ignore_runtime_settings_and_count_fields_a_record_lacks():
