@@ -235,7 +235,8 @@ def _cmd_eval(args) -> int:
 
     from agpnet.run import evaluate_checkpoint
 
-    record = evaluate_checkpoint(args.checkpoint, dataset=data.dataset, root=data.root, setting=data.setting,
+    setting = data.setting if args.setting is not None else None  # None: the checkpoint's own
+    record = evaluate_checkpoint(args.checkpoint, dataset=data.dataset, root=data.root, setting=setting,
                                  category=data.category, shots=data.shots, fast_jpeg=data.fast_jpeg,
                                  device=args.device,
                                  batch_size=_integer(args.batch_size, "--eval-batch-size", minimum=1),

@@ -26,7 +26,7 @@ REQUIRED = {
     "loss_per_epoch": list, "artifacts": dict, "started": str, "finished": str,
 }
 # Fields only some records have: a training run's (n_train, few_shot_files, data, segments) and
-# a checkpoint evaluation's (checkpoint).
+# a checkpoint evaluation's (checkpoint; data and segments: its training's, when it holds them).
 OPTIONAL = ("n_train", "few_shot_files", "data", "segments", "checkpoint")
 
 

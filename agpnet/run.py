@@ -99,7 +99,7 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
 
 
-def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str = "multi-class",
+def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str | None = None,
                         category: str | None = None, shots: int | None = None, fast_jpeg: bool = False,
                         device: str = "auto", batch_size: int = 16,
                         save_maps: bool = False, out_dir: str = "runs/eval", resolution: str = "input",
@@ -107,7 +107,12 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
                         options: dict | None = None) -> dict:
     """Evaluate a saved model on a dataset's test split; writes and returns a run record (a folder
     holding a complete record is only reused with `overwrite`). `options`: per-dataset reader
-    options (DataConfig fields such as realiad_split; DataConfig.reader_options())."""
+    options (DataConfig fields such as realiad_split; DataConfig.reader_options()).
+
+    The record stands for the method's result, so the checkpoint must hold a finished training
+    (all its epochs) and be evaluated on its own dataset, setting and shots, on categories it was
+    trained on (all of them or some); `setting`, `category` and `shots` default to its own. The
+    training data's identity (the checkpoint's `data`) goes into the record."""
     started = timestamp()
     out = Path(out_dir)
     if out.resolve() == Path(checkpoint).resolve().parent:
@@ -116,14 +121,28 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
     check_run_folder(out, overwrite, resumable=False)
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, torch_device)
+    _check_finished(checkpoint, meta)
+    trained = meta.get("data") or {}  # None in checkpoints of fit() called without a data identity
+    setting = setting or trained.get("setting", "multi-class")
+    if category is None and trained.get("categories"):
+        category = ",".join(trained["categories"])
+    if shots is None and setting == "few-shot":
+        shots = trained.get("shots")
     cfg = RunConfig(model=model.cfg, train=TrainConfig(**meta["train_config"]), weights=meta["weights"],
                     device=device, out_dir=str(out_dir))
     cfg.data = DataConfig(dataset=dataset, root=str(root), setting=setting, category=category, shots=shots,
                           fast_jpeg=fast_jpeg, **(options or {}))
     cfg.eval.eval_batch_size, cfg.eval.save_maps, cfg.eval.eval_resolution = batch_size, save_maps, resolution
     cfg.eval.eval_precision = precision
+    if trained:
+        _check_trained_on(checkpoint, trained, dataset=dataset, setting=setting, shots=shots)
     split = load_split(dataset, root, setting, category=category, shots=shots, seed=cfg.train.seed,
                        options=cfg.data.reader_options())
+    unseen = [c for c in split.categories if trained and c not in trained["categories"]]
+    if unseen:
+        raise AgpnetError(f"{checkpoint}: not trained on {', '.join(unseen)} (trained on "
+                          f"{', '.join(trained['categories'])}); its numbers there would be recorded as the "
+                          "method's result. Expected (some of) its categories")
     test_set = AnomalyDataset(split.test, image_size=model.cfg.image_size, mean=model.mean, std=model.std,
                               fast_jpeg=fast_jpeg)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,9 +151,28 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, root: str, setting: str =
     result = _evaluate(model, test_set, torch_device, cfg)
     record = _record(cfg, split, result, meta["weights_info"], torch_device, started,
                      epoch=f"checkpoint after epoch {meta['epoch']}", checkpoint_file=str(checkpoint),
-                     loss_per_epoch=meta["loss_per_epoch"], timings={}, checkpoint=str(checkpoint))
+                     loss_per_epoch=meta["loss_per_epoch"], timings={}, checkpoint=str(checkpoint),
+                     **{name: meta[name] for name in ("data", "segments") if meta.get(name)})
     write_json(out / "record.json", record)
     return record
+
+
+def _check_finished(checkpoint: str, meta: dict) -> None:
+    """A checkpoint of an interrupted run (fewer epochs than its config trains) is refused."""
+    epochs = meta["train_config"].get("epochs")
+    if isinstance(epochs, int) and meta["epoch"] < epochs:
+        raise AgpnetError(f"{checkpoint}: holds epoch {meta['epoch']} of {epochs} (an unfinished run); "
+                          "finish it with `agpnet run --resume` first: its numbers would be recorded as the "
+                          "method's result")
+
+
+def _check_trained_on(checkpoint: str, trained: dict, **asked) -> None:
+    """The evaluation's `asked` data fields (dataset, setting, shots) must be those the checkpoint
+    was trained with; else one AgpnetError line naming each difference."""
+    differ = [f"{k} {v!r} (trained: {trained.get(k)!r})" for k, v in asked.items() if v != trained.get(k)]
+    if differ:
+        raise AgpnetError(f"{checkpoint}: evaluated with {'; '.join(differ)}; its numbers would be recorded "
+                          "as that result. Expected the dataset, setting and shots it was trained with")
 
 
 def _evaluate(model, test_set, device, cfg: RunConfig) -> EvalResult:

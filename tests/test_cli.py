@@ -135,18 +135,57 @@ def test_eval_reproduces_the_run_metrics(trained_run, synth_root, tmp_path):
         assert json.loads((tmp_path / flag / "record.json").read_text())["eval"]["precision"] == "bf16"
 
 
-def test_eval_takes_the_dataset_options(trained_run, tmp_path):
+def test_eval_takes_the_dataset_options(tmp_path):
     """--realiad-resolution reaches the reader and the record (the tree has no default 1024 folder)."""
+    from conftest import TINY_MODEL
     from fixtures_data import make_realiad
 
-    root = make_realiad(tmp_path / "realiad", n_train=1, n_good=1, n_bad=1, resolutions=("realiad_256",))
-    args = ["eval", "--checkpoint", str(trained_run / "checkpoint.pt"), "--dataset", "realiad", "--root", str(root),
-            "--device", "cpu"]
+    root = make_realiad(tmp_path / "realiad", n_train=2, n_good=1, n_bad=1, resolutions=("realiad_256",))
+    data = ["--dataset", "realiad", "--root", str(root), "--device", "cpu"]
+    assert main(["run", *data, "--realiad-resolution", "256", "--epochs", "1", "--batch-size", "2", "--weights",
+                 "random", "--quiet", "--out", str(tmp_path / "run"), *_flags(TINY_MODEL)]) == 0
+    args = ["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), *data]
     assert main([*args, "--realiad-resolution", "256", "--out", str(tmp_path / "e")]) == 0
     record = json.loads((tmp_path / "e" / "record.json").read_text())
     assert record["config"]["data"]["realiad_resolution"] == "256"
     assert record["categories"] == ["audiojack", "pcb"] and record["n_test"] == 4
     assert main([*args, "--out", str(tmp_path / "e1024")]) == 2
+
+
+def _altered_checkpoint(trained_run, folder: Path, **changes) -> Path:
+    """A copy of the trained run's checkpoint with top-level fields (or `data` fields, as data_*) changed."""
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    for key, value in changes.items():
+        if key.startswith("data_"):
+            state["data"][key[len("data_"):]] = value
+        else:
+            state[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "checkpoint.pt")
+    return folder / "checkpoint.pt"
+
+
+def test_eval_refuses_what_would_misstate_the_result(trained_run, synth_root, tmp_path, capsys):
+    """Review fix: a checkpoint of an unfinished run, or evaluated as another setting, dataset or on
+    categories it never saw, used to give a complete record that tables showed as the method's result."""
+    def evaluate(checkpoint, *flags, out="e"):
+        return main(["eval", "--checkpoint", str(checkpoint), "--dataset", "mvtec", "--root", str(synth_root),
+                     "--device", "cpu", *flags, "--out", str(tmp_path / out)])
+
+    unfinished = _altered_checkpoint(trained_run, tmp_path / "unfinished", epoch=1)
+    assert evaluate(unfinished) == 2
+    assert "holds epoch 1 of 2 (an unfinished run)" in capsys.readouterr().err
+    assert evaluate(trained_run / "checkpoint.pt", "--setting", "one-class", "--category", "wood") == 2
+    assert "setting 'one-class' (trained: 'multi-class')" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()  # nothing written
+
+    wood = _altered_checkpoint(trained_run, tmp_path / "wood", data_setting="one-class", data_categories=["wood"])
+    assert evaluate(wood, "--category", "fabric") == 2
+    assert "not trained on fabric (trained on wood)" in capsys.readouterr().err
+    assert evaluate(wood) == 0  # setting and category default to the checkpoint's
+    record = json.loads((tmp_path / "e" / "record.json").read_text())
+    assert (record["setting"], record["categories"]) == ("one-class", ["wood"])
+    assert record["data"] == torch.load(wood, weights_only=True)["data"] and record["segments"]
 
 
 def test_predict_writes_overlays_and_scores(trained_run, synth_root, tmp_path):
