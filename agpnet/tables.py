@@ -4,7 +4,9 @@
 (dataset, setting[, shots]): a row per category plus "mean", a column per metric of
 agpnet.metrics.METRICS (I-AUROC / I-AP / I-F1max / P-AUROC / P-AP / P-F1max / AUPRO / mAD) in
 percent with one decimal. Runs that differ only by seed (or by category, for one-class)
-are one method; several seeds give "mean ± std" (sample std over seeds). Configurations that
+are one method; several seeds give "mean ± std" (sample std over seeds). The mean row averages
+only the seeds that cover every category of the method (the note names the others); two runs of
+one method and seed on one category are refused (AgpnetError). Configurations that
 differ in other fields (e.g. ablation switches) are separate methods named by those fields.
 Published numbers follow, labelled "(published)". `export_tables` writes CSV, Markdown and
 LaTeX (booktabs).
@@ -22,6 +24,7 @@ import pandas as pd
 
 from agpnet.atomic import write_text
 from agpnet.config import field_names
+from agpnet.errors import AgpnetError
 from agpnet.metrics import METRICS
 from agpnet.published import DATASET_CATEGORIES, published_rows
 from agpnet.records import flat_config
@@ -228,12 +231,17 @@ def format_value(mean: float, std: float | None = None) -> str:
 
 def _table(dataset: str, setting: str, shots, records: list[dict], published: bool) -> Table:
     methods = _methods(records)
-    rows, means, stds = [], {}, {}
+    rows, means, stds, notes = [], {}, {}, []
     for label, runs in methods.items():
         repeats = _repeats(runs)
         categories = _category_order(runs)
+        # the mean row averages seeds that each cover every category (else their means differ in kind)
+        whole = [rep for rep in repeats if set(_category_order(rep)) == set(categories)]
+        if len(whole) < len(repeats):
+            notes.append(_incomplete_note(label, repeats, whole, categories))
         for category in [*categories, "mean"]:
-            per_repeat = [_repeat_values(rep, category) for rep in repeats]
+            chosen = whole if category == "mean" else repeats
+            per_repeat = [_repeat_values(rep, category) for rep in chosen]
             per_repeat = [v for v in per_repeat if v is not None]
             if not per_repeat:
                 continue
@@ -243,19 +251,19 @@ def _table(dataset: str, setting: str, shots, records: list[dict], published: bo
             means[(label, category)], stds[(label, category)] = mean, std
             rows.append({"method": label, "category": category,
                          **{c: format_value(m, s) for c, m, s in zip(COLUMNS.values(), mean, std)},
-                         "source": _source(runs, category, categories)})
+                         "source": _source([r for rep in chosen for r in rep], category, categories)})
     ours = {c for label in methods for c in _category_order(methods[label])}
     known = set(DATASET_CATEGORIES.get(dataset, ()))
-    note = ""
     if published and not ours <= known:
         published = False  # not the benchmark's categories (e.g. the synthetic set in the MVTec layout)
         if known:
-            note = (f"No published rows: the categories are not those of the {dataset} benchmark "
-                    "(a dataset in its layout, e.g. the synthetic demo set).")
+            notes.append(f"No published rows: the categories are not those of the {dataset} benchmark "
+                         "(a dataset in its layout, e.g. the synthetic demo set).")
     elif published and ours != known and published_rows(dataset, setting, shots):
-        note = (f"Ours: {len(ours)} of the {len(known)} {dataset} categories; "
-                f"the published numbers are means over all {len(known)}, "
-                "so the mean rows are not comparable.")
+        notes.append(f"Ours: {len(ours)} of the {len(known)} {dataset} categories; "
+                     f"the published numbers are means over all {len(known)}, "
+                     "so the mean rows are not comparable.")
+    note = " ".join(notes)
     if published:
         for row in published_rows(dataset, setting, shots):
             label = f"{row['method']} (published)"
@@ -272,6 +280,19 @@ def _table(dataset: str, setting: str, shots, records: list[dict], published: bo
                  frame=pd.DataFrame(rows, columns=columns),
                  mean=pd.DataFrame(list(means.values()), index=index, columns=list(COLUMNS.values())),
                  std=pd.DataFrame(list(stds.values()), index=index, columns=list(COLUMNS.values())))
+
+
+def _incomplete_note(label: str, repeats: list[list[dict]], whole: list[list[dict]],
+                     categories: list[str]) -> str:
+    """Which seeds of a method lack categories, and what its mean row is made of then."""
+    lacking = []
+    for rep in repeats:
+        if rep not in whole:
+            missing = [c for c in categories if c not in _category_order(rep)]
+            lacking.append(f"seed {run_fields(rep[0]).get('seed')} lacks {', '.join(missing)}")
+    made_of = (f"its mean row is over the {_count(len(whole), 'seed')} with every category" if whole
+               else "it has no mean row: no seed covers every category")
+    return f"{label}: {'; '.join(lacking)}; {made_of}."
 
 
 def _source(runs: list[dict], category: str, categories: list[str]) -> str:
@@ -332,8 +353,12 @@ def _repeat_values(runs: list[dict], category: str) -> list[float] | None:
             warnings.simplefilter("ignore", RuntimeWarning)
             # as MetricAccumulator's mean
             return list(np.nanmean(np.array(per_category, dtype=float), axis=0))
-    found = [_metric_list(r["metrics"][category]) for r in runs if category in r["metrics"]]
-    return list(np.mean(np.array(found, dtype=float), axis=0)) if found else None
+    found = [r for r in runs if category in r["metrics"]]
+    if len(found) > 1:
+        raise AgpnetError(f"{found[0]['run_dir']} and {found[1]['run_dir']}: two runs of one method and seed "
+                          f"hold category {category} (the same run twice, or on two copies of the data); "
+                          "a table needs one run per method, seed and category: keep one of them")
+    return _metric_list(found[0]["metrics"][category]) if found else None
 
 
 def _category_order(runs: list[dict]) -> list[str]:

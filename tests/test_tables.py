@@ -105,6 +105,30 @@ def test_one_class_runs_form_one_table_with_a_mean_over_categories(tmp_path):
         assert NUMBER.match(value) and "±" not in value
 
 
+def test_mean_row_only_averages_seeds_that_cover_every_category(tmp_path):
+    """Review fix: a seed missing a category (a failed cell) gave a "mean" over fewer categories that
+    was averaged with the others' as if alike (mean 80 instead of 70 here), without a word."""
+    for category, seed, value in (("bottle", 0, 0.9), ("cable", 0, 0.5), ("bottle", 1, 0.9)):
+        metrics = {category: {k: value for k in KEYS}, "mean": {k: value for k in KEYS}}
+        write_run(tmp_path / f"{category}{seed}", setting="one-class", categories=(category,), seed=seed,
+                  metrics=metrics)
+    (table,) = tables.paper_tables(load_records(tmp_path), published=False)
+    ours = "AGPNet (ours; 2 seeds)"
+    assert by_row(table, ours, "bottle")["I-AUROC"] == "90.0 ± 0.0"
+    mean = by_row(table, ours, "mean")
+    assert (mean["I-AUROC"], mean["source"]) == ("70.0", "2 categories, 2 runs")
+    assert "seed 1 lacks cable" in table.note and "over the 1 seed with every category" in table.note
+
+
+def test_two_runs_of_one_method_and_seed_on_a_category_are_refused(tmp_path):
+    """Review fix: the same recipe and seed run twice (e.g. on two copies of the data) were
+    averaged into one number that looked like a single run."""
+    for name in ("a", "b"):
+        write_run(tmp_path / name, setting="one-class", categories=("wood",), seed=0)
+    with pytest.raises(AgpnetError, match=r"/a and .*/b: two runs of one method and seed hold category wood"):
+        tables.paper_tables(load_records(tmp_path), published=False)
+
+
 def test_runtime_settings_do_not_make_another_method(tmp_path):
     """Seeds that differ only in compile, workers or device are repeats of one method (before,
     compile made two methods); the three field lists come from the config fields' meaning."""
