@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename.
 
 A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+A whole folder (a report, a prediction, a dataset) is built in a staging folder next to it and
+swapped in once complete (`replace_folder`): a failure leaves the old folder as it was.
 A write that fails (a full disk, a missing permission) raises OSError naming the target file,
 not the temporary one.
 
@@ -15,9 +17,11 @@ clock and this one's disagree by more than the time since this process started).
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
@@ -79,6 +83,40 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
         except OSError:  # gone meanwhile, or not ours to delete: leave it
             continue
     return removed
+
+
+@contextmanager
+def staging_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """A new empty folder `.<name>.<random>.staging` next to `target` (same file system, so what
+    is built in it can be renamed into place), removed with whatever is left in it at the end."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_folder(target: str | os.PathLike, build: Callable[[Path], None]) -> Path:
+    """Call `build(staging)` to fill a staging folder next to `target`, then put it in target's
+    place (the old folder, if any, is renamed aside, the new one renamed in, the old one removed);
+    returns `target`. If `build` raises, `target` is left exactly as it was and nothing else stays."""
+    target = Path(target)
+    with staging_folder(target) as staging:
+        build(staging)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
+        if not target.exists():
+            os.replace(staging, target)
+            return target
+        with staging_folder(target) as old:
+            os.replace(target, old)  # onto the empty folder `old`
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+    return target
 
 
 def _umask() -> int:

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch-size", default=16)
+    pr.add_argument("--overwrite", action="store_true", help="replace an earlier prediction already in --out")
     pr.set_defaults(handler=_cmd_predict)
 
     sm = commands.add_parser("mvtec2-submission",
@@ -253,7 +254,7 @@ def _cmd_predict(args) -> int:
 
     batch_size = _integer(args.batch_size, "--batch-size", minimum=1)
     csv_path = predict_images(args.checkpoint, args.inputs, args.out, device=args.device,
-                              batch_size=batch_size)
+                              batch_size=batch_size, overwrite=args.overwrite)
     print(f"scores: {csv_path}")
     return 0
 

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from agpnet.atomic import write_bytes, write_text
-from agpnet.data import IMAGE_SUFFIXES, AnomalyDataset, Sample, load_rgb
+from agpnet.atomic import replace_folder, write_bytes, write_text
+from agpnet.data import IMAGE_SUFFIXES, AnomalyDataset, Sample, image_size, load_rgb
 from agpnet.errors import AgpnetError
 from agpnet.model.checkpoint import load_checkpoint
 from agpnet.runtime import autocast, resolve_device
+
+SCORES_CSV = "scores.csv"
 
 
 def find_images(inputs: list[str], skip: Path | None = None) -> list[Path]:
@@ -39,31 +41,52 @@ def find_images(inputs: list[str], skip: Path | None = None) -> list[Path]:
 
 
 def predict_images(checkpoint: str, inputs: list[str], out_dir: str, device: str = "auto",
-                   batch_size: int = 16) -> Path:
+                   batch_size: int = 16, overwrite: bool = False) -> Path:
     """Writes `<out>/<stem>_overlay.png` per image and `<out>/scores.csv`; returns the CSV path.
 
     Overlay colours share one scale over all given images (min..max of their maps), so a
-    normal image looks calm next to a defective one.
+    normal image looks calm next to a defective one. An `out` that holds files is replaced only
+    with `overwrite`, and only when it holds an earlier prediction; the new files are built in a
+    staging folder and replace `out` as a whole once complete, so no old file stays beside them.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise AgpnetError(f"{out}: expected a folder, found a file")
+    _check_replaceable(out, overwrite)
     paths = find_images(inputs, skip=out)
+    for path in paths:
+        image_size(path)  # every header readable (one line naming the file) before anything is written
     device = resolve_device(device)
     model, _ = load_checkpoint(checkpoint, device)
-    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
-    maps, scores = predict_maps(model, paths, device, batch_size, amp="off")  # fp32, as evaluation
-    vmin, vmax = float(maps.min()), float(maps.max())
 
-    names = [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)]  # unique even when stems repeat
-    for path, name, anomaly_map in zip(paths, names, maps):
-        write_bytes(out / f"{name}_overlay.png", overlay_png(load_rgb(path), anomaly_map, vmin, vmax))
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(["image", "score", "overlay"])
-    for path, name, score in zip(paths, names, scores.tolist()):
-        writer.writerow([str(path), f"{score:.6g}", f"{name}_overlay.png"])
-    return write_text(out / "scores.csv", rows.getvalue())
+    def build(staging: Path) -> None:
+        maps, scores = predict_maps(model, paths, device, batch_size, amp="off")  # fp32, as evaluation
+        vmin, vmax = float(maps.min()), float(maps.max())
+        names = [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)]  # unique even when stems repeat
+        for path, name, anomaly_map in zip(paths, names, maps):
+            write_bytes(staging / f"{name}_overlay.png", overlay_png(load_rgb(path), anomaly_map, vmin, vmax))
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        writer.writerow(["image", "score", "overlay"])
+        for path, name, score in zip(paths, names, scores.tolist()):
+            writer.writerow([str(path), f"{score:.6g}", f"{name}_overlay.png"])
+        write_text(staging / SCORES_CSV, rows.getvalue())
+
+    return replace_folder(out, build) / SCORES_CSV
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """`out` is new or empty, or (with `overwrite`) holds an earlier prediction only: scores.csv,
+    overlays and hidden files."""
+    if out.exists() and not out.is_dir():
+        raise AgpnetError(f"{out}: expected a folder, found a file")
+    held = sorted(out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise AgpnetError(f"{out}: folder is not empty; use --overwrite to replace an earlier prediction "
+                          "there, or another --out")
+    foreign = next((p for p in held if not (p.name == SCORES_CSV or p.name.endswith("_overlay.png")
+                                             or p.name.startswith("."))), None)
+    if foreign is not None:
+        raise AgpnetError(f"{foreign}: not a file of an earlier prediction; --overwrite replaces --out "
+                          "as a whole: choose another --out")
 
 
 def predict_maps(model, paths: list[Path], device: torch.device, batch_size: int = 16,

@@ -5,8 +5,8 @@ published numbers; CSV / Markdown / LaTeX exports in out_dir/tables/), attention
 and ablations.ipynb with papermill (parameters runs_dir, out_dir), converts each to HTML
 without code (images inline as base64, no script from the network), and writes index.html:
 links to the pages and table files, the runs with their weights source (a red banner when a
-backbone was not pretrained), the machines, package versions and the date. Every file is
-written atomically; text from the data is HTML-escaped.
+backbone was not pretrained), the machines, package versions and the date. The report is built
+in a staging folder and replaces out_dir only when complete; text from the data is HTML-escaped.
 
     out_dir/index.html, aggregate.html, attention_masks.html, ablations.html,
     out_dir/tables/<dataset>_<setting>[_<k>shot].{csv,md,tex}, out_dir/notebooks/*.ipynb (executed)
@@ -15,11 +15,10 @@ written atomically; text from the data is HTML-escaped.
 import html
 import os
 import platform
-import shutil
 from pathlib import Path
 
 from agpnet import tables
-from agpnet.atomic import temp_file_for, write_text
+from agpnet.atomic import replace_folder, temp_file_for, write_text
 from agpnet.environment import machine, package_version, timestamp
 from agpnet.errors import AgpnetError
 from agpnet.metrics import HEADLINE_KEYS, METRICS
@@ -54,26 +53,56 @@ _OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 
 
 def build_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
-    """Build the report; returns the path of index.html."""
+    """Build the report; returns the path of index.html.
+
+    The whole report is built in a staging folder next to `out_dir` and replaces it only once
+    every page is done: a failure leaves an earlier report exactly as it was. `out_dir` must be
+    new, empty or an earlier report (it is replaced as a whole)."""
     runs_dir, out_dir = Path(runs_dir).resolve(), Path(out_dir).resolve()
     records = load_records(runs_dir)
     if not records:
         raise AgpnetError(f"{runs_dir}: no complete run found "
                           "(expected run folders with record.json, status complete)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out_dir / "tables", ignore_errors=True)  # only this build's exports get linked
-    for name in PAGES:
-        html_page = render_notebook(package_notebook(f"{name}.ipynb"), out_dir / "notebooks",
-                                    {"runs_dir": str(runs_dir), "out_dir": str(out_dir)})
-        write_text(out_dir / f"{name}.html", html_page)
-    exports = sorted((out_dir / "tables").glob("*.*")) if (out_dir / "tables").is_dir() else []
-    return write_text(out_dir / "index.html", index_html(records, runs_dir, out_dir, exports))
+    _check_replaceable(out_dir, runs_dir)
+
+    def build(staging: Path) -> None:
+        for name in PAGES:
+            html_page = render_notebook(package_notebook(f"{name}.ipynb"), staging / "notebooks",
+                                        {"runs_dir": str(runs_dir), "out_dir": str(staging)},
+                                        _failed_copy(out_dir, name))
+            write_text(staging / f"{name}.html", html_page)
+        exports = sorted((staging / "tables").glob("*.*")) if (staging / "tables").is_dir() else []
+        write_text(staging / "index.html", index_html(records, runs_dir, staging, exports))
+
+    replace_folder(out_dir, build)
+    for name in PAGES:  # an earlier build's failure is no longer the state of this report
+        _failed_copy(out_dir, name).unlink(missing_ok=True)
+    return out_dir / "index.html"
 
 
-def render_notebook(notebook: Path, executed_dir: Path, parameters: dict) -> str:
+def _check_replaceable(out_dir: Path, runs_dir: Path) -> None:
+    """`out_dir` may be replaced by a report: it is new, empty or an earlier report (index.html),
+    and holds no runs."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AgpnetError(f"{out_dir}: expected a folder, found a file")
+    if runs_dir.is_relative_to(out_dir):
+        raise AgpnetError(f"{out_dir}: holds the runs ({runs_dir}); the report replaces its folder "
+                          "as a whole: choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "index.html").is_file():
+        raise AgpnetError(f"{out_dir}: folder is not empty (expected a new folder or an earlier report "
+                          "with index.html; the report replaces it as a whole)")
+
+
+def _failed_copy(out_dir: Path, page: str) -> Path:
+    """Where the executed notebook of a page whose build failed is kept (beside the report)."""
+    return out_dir.parent / f"{out_dir.name}.failed-{page}.ipynb"
+
+
+def render_notebook(notebook: Path, executed_dir: Path, parameters: dict, failed_copy: Path) -> str:
     """Execute `notebook` with papermill (kept as executed_dir/<name>) and return it as HTML.
 
-    A failing cell raises AgpnetError naming the notebook, the cell and its error."""
+    A failing cell raises AgpnetError naming the notebook, the cell and its error; the executed
+    notebook is then kept as `failed_copy`."""
     import nbformat
     import papermill
 
@@ -82,11 +111,10 @@ def render_notebook(notebook: Path, executed_dir: Path, parameters: dict) -> str
         papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL,
                                    progress_bar=False, log_output=False)
     except papermill.PapermillExecutionError as err:
-        failed = executed_dir / notebook.name
-        os.replace(tmp, failed)
+        os.replace(tmp, failed_copy)
         message = " ".join(f"{err.ename}: {err.evalue}".split())
         raise AgpnetError(f"{notebook.name}: cell {err.exec_count} failed: {message} "
-                          f"(executed notebook: {failed})") from None
+                          f"(executed notebook: {failed_copy})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -17,7 +17,6 @@ folder (all 8 categories, every image) and packs it for the upload.
 import io
 import math
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from agpnet.atomic import write_bytes
+from agpnet.atomic import staging_folder, write_bytes
 from agpnet.data import image_size, list_categories
 from agpnet.errors import AgpnetError
 from agpnet.model.checkpoint import load_checkpoint
@@ -64,10 +63,8 @@ def write_submission(checkpoint: str, root: str, out_dir: str, categories: str |
 
     # Everything is written into a staging folder first and moved into `out` once complete, so a
     # failure (a map float16 cannot hold, a full disk) leaves no half submission behind.
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
     thresholds = {}
-    try:
+    with staging_folder(out) as staging:
         for category in chosen:
             maps, _ = predict_maps(model, validation[category], torch_device, batch_size, amp="off")
             upsampled = (upsample(m, sizes[p]) for m, p in zip(maps, validation[category]))
@@ -82,8 +79,6 @@ def write_submission(checkpoint: str, root: str, out_dir: str, categories: str |
         for relative in files:
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / relative, out / relative)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return thresholds
 
 

@@ -216,6 +216,52 @@ def test_predict_writes_overlays_and_scores(trained_run, synth_root, tmp_path):
     assert float(first["score"]) >= 0
 
 
+def _predict(trained_run, images, out, *flags: str) -> int:
+    return main(["predict", "--checkpoint", str(trained_run / "checkpoint.pt"), *map(str, images), "--out", str(out),
+                 "--device", "cpu", *flags])
+
+
+def _test_images(synth_root) -> list[Path]:
+    return sorted((sorted(p for p in Path(synth_root).iterdir() if p.is_dir())[0] / "test").rglob("*.png"))
+
+
+def test_predict_replaces_an_earlier_prediction_only_with_overwrite(trained_run, synth_root, tmp_path, capsys):
+    """Review fix: a second predict into the same --out left the first one's overlays beside the new
+    files (scores.csv listing only the new ones)."""
+    images = _test_images(synth_root)
+    out = tmp_path / "pred"
+    assert _predict(trained_run, images[:3], out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert _predict(trained_run, images[3:4], out) == 2
+    assert capsys.readouterr().err.strip() == (f"agpnet: error: {out}: folder is not empty; use --overwrite to "
+                                               "replace an earlier prediction there, or another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _predict(trained_run, images[3:4], out, "--overwrite") == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [row["image"] for row in rows] == [str(images[3])]
+    assert sorted(p.name for p in out.iterdir()) == sorted([rows[0]["overlay"], "scores.csv"])
+    assert [p.name for p in tmp_path.iterdir()] == ["pred"]  # no staging folder left
+    (out / "notes.txt").write_text("mine")  # not a prediction file: --overwrite would delete it
+    assert _predict(trained_run, images[:1], out, "--overwrite") == 2
+    assert f"{out / 'notes.txt'}: not a file of an earlier prediction" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage", ["not an image", "truncated"])
+def test_predict_with_an_unreadable_image_makes_no_out_folder(trained_run, synth_root, tmp_path, capsys, damage):
+    """Review fix: --out was created before the images were decoded, and stayed empty."""
+    good = _test_images(synth_root)[0]
+    bad = tmp_path / "bad.png"
+    data = good.read_bytes()
+    bad.write_bytes(b"not an image" if damage == "not an image" else data[: len(data) // 2])
+    out = tmp_path / "pred"
+    assert _predict(trained_run, [good, bad], out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"agpnet: error: {bad}: cannot ") and "\n" not in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.png"]
+
+
 def test_config_file_and_flags(tmp_path, synth_root, tiny_model_fields):
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"dataset": "mvtec", "root": str(synth_root), "epochs": 0, "weights": "random",

@@ -4,11 +4,14 @@ import datetime
 import html
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 from fixtures_runs import EVIL_CATEGORY, demo_report, require_kernel, write_run
 
 from agpnet import tables
+from agpnet.atomic import write_text
 from agpnet.errors import AgpnetError
 from agpnet.records import load_records
 from agpnet.report import PAGES, build_report
@@ -79,10 +82,65 @@ def test_failing_notebook_is_named(tmp_path):
         build_report(tmp_path / "runs", tmp_path / "report")
     message = str(err.value)
     assert message.startswith("aggregate.ipynb: cell ") and "ValueError" in message and "\n" not in message
-    assert not (tmp_path / "report" / "index.html").exists()
+    failed = tmp_path / "report.failed-aggregate.ipynb"  # the executed notebook, kept beside the report
+    assert message.endswith(f"(executed notebook: {failed})") and failed.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [failed.name, "runs"]  # no report, no staging folder
 
 
 def test_no_runs(tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(AgpnetError, match="no complete run found"):
         build_report(tmp_path / "runs", tmp_path / "report")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _stand_in_pages(monkeypatch, failing: str | None = None) -> None:
+    """Pages without papermill: aggregate writes a table like the real notebook; `failing` raises."""
+    def render(notebook, executed_dir, parameters, failed_copy=None):
+        if notebook.stem == failing:
+            raise AgpnetError(f"{notebook.name}: cell 2 failed: FileNotFoundError: data root moved")
+        if notebook.stem == "aggregate":
+            write_text(Path(parameters["out_dir"]) / "tables" / "new.csv", "new\n")
+        return f"<p>new {notebook.stem}</p>"
+
+    monkeypatch.setattr("agpnet.report.render_notebook", render)
+
+
+def test_a_failed_rebuild_leaves_the_earlier_report_as_it_was(report, tmp_path, monkeypatch):
+    """Review fix: a page failing after others were written left new pages and tables beside the old
+    ones; now the report is built in a staging folder that replaces --out only when complete."""
+    runs, built, _ = report
+    out = tmp_path / "report"
+    shutil.copytree(built, out)
+    before = _files(out)
+    _stand_in_pages(monkeypatch, failing="attention_masks")  # after aggregate.html and tables/ were made
+    with pytest.raises(AgpnetError, match="attention_masks.ipynb: cell 2 failed"):
+        build_report(runs, out)
+    assert _files(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no staging folder left
+
+
+def test_a_rebuild_replaces_the_whole_earlier_report(report, tmp_path, monkeypatch):
+    runs, built, _ = report
+    out = tmp_path / "report"
+    shutil.copytree(built, out)
+    _stand_in_pages(monkeypatch)
+    assert build_report(runs, out) == out / "index.html"
+    assert sorted(_files(out)) == [*sorted(f"{name}.html" for name in PAGES), "index.html", "tables/new.csv"]
+    assert 'href="tables/new.csv"' in (out / "index.html").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_out_must_be_new_empty_or_an_earlier_report(report, tmp_path):
+    runs, _, _ = report
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(AgpnetError, match="folder is not empty"):
+        build_report(runs, notes)
+    with pytest.raises(AgpnetError, match="holds the runs"):
+        build_report(runs, runs.parent)
+    assert _files(notes) == {"todo.txt": b"mine"} and sorted(p.name for p in runs.parent.iterdir()) == ["report", "runs"]

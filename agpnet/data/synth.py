@@ -20,7 +20,6 @@ a pool of processes; every file depends only on (seed, category, index), never o
 
 import multiprocessing
 import os
-import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import agpnet
+from agpnet.atomic import replace_folder
 from agpnet.errors import AgpnetError
 
 CATEGORIES = {
@@ -131,10 +131,9 @@ def write_synthetic_dataset(
         raise AgpnetError(f"synthetic dataset: workers={workers} (expected >= 1)")
     out = Path(out)
     _check_replaceable(out)
-    partial_root = out.parent / f".{out.name}.partial"
-    shutil.rmtree(partial_root, ignore_errors=True)
-    try:
-        write = partial(write_image, partial_root)
+
+    def build(staging: Path) -> None:
+        write = partial(write_image, staging)
         bar = tqdm(total=len(jobs), desc="synth", unit="image", disable=None)
         if workers == 1:
             for job in jobs:
@@ -145,14 +144,9 @@ def write_synthetic_dataset(
                 for _ in pool.imap_unordered(write, jobs, chunksize=4):
                     bar.update()
         bar.close()
-        (partial_root / "README.md").write_text(readme, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial_root, out)
-    except BaseException:
-        shutil.rmtree(partial_root, ignore_errors=True)
-        raise
-    return out
+        (staging / "README.md").write_text(readme, encoding="utf-8")
+
+    return replace_folder(out, build)
 
 
 def plan_dataset(
