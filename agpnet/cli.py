@@ -213,8 +213,12 @@ def _cmd_run(args) -> int:
     from agpnet.config import RunConfig, flat_fields, load_yaml_config
 
     values = load_yaml_config(args.config) if args.config else {}
-    values.update({k: getattr(args, k) for k in flat_fields() if getattr(args, k, None) is not None})
-    cfg = RunConfig.from_flat(values)  # bad fields are reported before torch is even imported
+    flags = {k: getattr(args, k) for k in flat_fields() if getattr(args, k, None) is not None}
+    try:  # the file's fields that no flag overrides first, so that their errors name the file
+        RunConfig.from_flat({k: v for k, v in values.items() if k.replace("-", "_") not in flags})
+    except AgpnetError as err:
+        raise AgpnetError(f"{args.config}: {err}") from None
+    cfg = RunConfig.from_flat({**values, **flags})  # bad fields are reported before torch is even imported
 
     from agpnet.run import run_experiment
 

@@ -293,7 +293,7 @@ class RunConfig:
         flat = cls().to_flat()
         known = flat_fields()
         for key, value in values.items():
-            key = key.replace("-", "_")
+            key = key.replace("-", "_") if isinstance(key, str) else key  # a notebook's {2: 3}: unknown
             if key not in known:
                 raise AgpnetError(f"unknown config field {key!r}; "
                                   f"expected one of: {', '.join(sorted(known))}")
@@ -371,8 +371,11 @@ def _coerce(key: str, value, annotation):
 
 def _scalar(value, kind: type):
     """value as bool, int, float or str; raises ValueError for a non-bool as bool, a bool as a
-    number (YAML's true is not 1) and a fraction as an integer."""
+    number or text (YAML's true is not 1), a fraction as an integer, and anything but text or a
+    number as text (a YAML 256 is the name "256"; a list or mapping is no name)."""
     if (kind is bool) != isinstance(value, bool):
+        raise ValueError
+    if kind is str and not isinstance(value, str | numbers.Number):
         raise ValueError
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError

@@ -173,6 +173,12 @@ def load_sweep(sweep_file: str | Path, out: str | Path | None = None, overrides:
     _expect(isinstance(explicit, list) and all(isinstance(c, dict) for c in explicit), path,
             "`cells` must be a list of mappings of field -> value")
     owns += [dict(c) for c in explicit]
+    given = {"--set": overrides, "base": base, "grid": [k for g in grids for k in g],
+             "cells": [k for c in explicit for k in c]}
+    for where, keys in given.items():
+        _expect("out_dir" not in {k.replace("-", "_") for k in keys}, path,
+                f"{where} sets out_dir, but the sweep runs each cell in <out>/<cell name>; "
+                "set where runs go with the sweep's --out or `out:`")
     if not owns:
         owns = [{}]
 

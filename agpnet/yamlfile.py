@@ -1,6 +1,7 @@
 """User-given YAML files (run configs, sweep files): a mapping, or one clear error naming the file.
 
-A key given twice in one mapping is an error (plain YAML loaders keep the last value silently).
+In every mapping, at any depth, each key must be a non-empty string given once (plain YAML
+loaders accept `2:` or `null:` as keys and keep the last value of a key given twice silently).
 """
 
 from pathlib import Path
@@ -10,15 +11,17 @@ import yaml
 from agpnet.errors import AgpnetError
 
 
-class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key, line: int, first_line: int):
-        super().__init__(f"key {key!r} on line {line} was already given on line {first_line}")
-        self.key, self.line, self.first_line = key, line, first_line
+class BadKey(yaml.YAMLError):
+    """A mapping key that is not a non-empty string, or is given twice; `line` is 1-based."""
+
+    def __init__(self, problem: str, line: int):
+        super().__init__(f"line {line}: {problem}")
+        self.problem, self.line = problem, line
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader that raises DuplicateKey for a key given twice in one mapping
-    (merge keys `<<` may still be overridden, as YAML intends)."""
+class _CheckedKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader that raises BadKey for a key that is not a non-empty string or is
+    given twice in one mapping (merge keys `<<` may still be overridden, as YAML intends)."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -26,19 +29,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
-                key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
-                try:
-                    if key in first_lines:
-                        raise DuplicateKey(key, line, first_lines[key])
-                    first_lines[key] = line
-                except TypeError:  # an unhashable key: the base loader names it
-                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                if not isinstance(key, str) or not key:
+                    raise BadKey(f"key {key!r}: expected a non-empty string (quote a name that YAML "
+                                 "reads as a number, true/false or null)", line)
+                if key in first_lines:
+                    raise BadKey(f"key {key!r} was already given on line {first_lines[key]}; "
+                                 "expected each key once", line)
+                first_lines[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml(text: str):
-    """yaml.safe_load that refuses duplicate keys (DuplicateKey)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
+    """yaml.safe_load that refuses keys other than non-empty strings and duplicate keys (BadKey)."""
+    return yaml.load(text, Loader=_CheckedKeyLoader)  # a SafeLoader: plain data only
 
 
 def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
@@ -51,9 +55,8 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise AgpnetError(f"{path}: cannot read the {what} ({err.__class__.__name__}: {err}); "
                           "expected a YAML text file") from None
-    except DuplicateKey as err:
-        raise AgpnetError(f"{path} line {err.line}: key {err.key!r} was already given "
-                          f"on line {err.first_line}; expected each key once") from None
+    except BadKey as err:
+        raise AgpnetError(f"{path} line {err.line}: {err.problem}") from None
     except yaml.YAMLError as err:
         raise AgpnetError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(values, dict):

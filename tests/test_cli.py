@@ -301,6 +301,23 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("epochs: 1\n2: 3\n", "line 2: key 2: expected a non-empty string"),  # was: AttributeError
+        ("category: [fabric, wood]\n", ": config field 'category': got ['fabric', 'wood']; expected str"),
+        ("epochs: ten\n", ": config field 'epochs': got 'ten'; expected int"),
+    ],
+)
+def test_bad_config_file_is_one_line_naming_the_file(text, expected, tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"agpnet: error: {path}") and expected in err and "\n" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
     "error",
     [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79 GiB"),
      RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: you tried "

@@ -125,3 +125,44 @@ def test_a_key_given_twice_in_a_config_file(tmp_path):
     assert str(info.value) == f"{path} line 4: key 'epochs' was already given on line 1; expected each key once"
     path.write_text("base: &b {lr: 1}\nother:\n  <<: *b\n  lr: 2\n")  # a merge key may be overridden
     assert load_yaml_config(path) == {"base": {"lr": 1}, "other": {"lr": 2}}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"category": ["fabric", "wood"]}, "config field 'category': got ['fabric', 'wood']; expected str"),
+        ({"root": ["a", "b"]}, "config field 'root': got ['a', 'b']; expected str"),
+        ({"weights": {"a": 1}}, "config field 'weights': got {'a': 1}; expected str"),
+        ({"device": True}, "config field 'device': got True; expected str"),
+    ],
+)
+def test_text_fields_refuse_lists_mappings_and_booleans(values, message):
+    """Was: turned into their Python text ("['fabric', 'wood']") and failed later, garbled."""
+    with pytest.raises(AgpnetError) as info:
+        RunConfig.from_flat(values)
+    assert str(info.value) == message
+
+
+def test_text_fields_take_numbers_as_names():
+    cfg = RunConfig.from_flat({"category": 123, "realiad_resolution": 512, "blocks": [1, 2]})
+    assert (cfg.data.category, cfg.data.realiad_resolution, cfg.model.blocks) == ("123", "512", (1, 2))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("epochs: 1\n2: 3\n", 2, "2"),
+        ("null: 3\n", 1, "None"),
+        ("yes: 1\n", 1, "True"),
+        ("'': 1\n", 1, "''"),
+        ("epochs: 1\nbackbone_kwargs:\n  depth: 2\n  1.5: 2\n", 4, "1.5"),
+        ("[a, b]: 1\n", 1, "['a', 'b']"),
+    ],
+)
+def test_config_file_keys_must_be_non_empty_strings(tmp_path, text, line, key):
+    """Was: AttributeError ('int' object has no attribute 'replace') from RunConfig.from_flat."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(AgpnetError) as info:
+        load_yaml_config(path)
+    assert str(info.value).startswith(f"{path} line {line}: key {key}: expected a non-empty string")
