@@ -14,6 +14,7 @@ whole test set. A test set in another order stays correct (nothing is reordered:
 the test set's order) and only holds maps longer.
 """
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from agpnet.atomic import atomic_write
 from agpnet.data import load_mask
 from agpnet.data.imagefile import image_size
 from agpnet.metrics import MetricAccumulator
-from agpnet.runtime import autocast, loader_workers
+from agpnet.runtime import autocast, exact_fp32, loader_workers
 
 
 @dataclass
@@ -46,8 +47,8 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
              amp: str = "auto", resolution: str = "input", precision: str = "fp32") -> EvalResult:
     """Metrics of `model` on `test_set` (an AnomalyDataset). Writes maps.npz when `maps_path` is given.
 
-    precision "fp32": the model runs in fp32 and the maps are kept as float32 (4 B per pixel);
-    "bf16": `amp` applies (bf16 autocast on CUDA by default) and the maps are kept as float16
+    precision "fp32": the model runs in fp32 (no TF32 on CUDA) and the maps are kept as float32
+    (4 B per pixel); "bf16": `amp` applies (bf16 autocast on CUDA by default) and the maps are kept as float16
     (2 B per pixel). `num_workers` as in TrainConfig."""
     loader = DataLoader(test_set, batch_size=batch_size, shuffle=False,
                         num_workers=loader_workers(num_workers, device), pin_memory=device.type == "cuda")
@@ -58,7 +59,8 @@ def evaluate(model, test_set, device: torch.device, batch_size: int = 16, fpr_li
     size = None
     start = time.perf_counter()
     model.eval()
-    with torch.inference_mode(), autocast(amp, device):
+    exact = exact_fp32() if precision == "fp32" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast(amp, device), exact:
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
             out = model.predict(images)

@@ -1,5 +1,6 @@
 """Anomaly maps for new images: heatmap overlays (PNG, original size) and a CSV of image scores."""
 
+import contextlib
 import csv
 import io
 from pathlib import Path
@@ -15,7 +16,7 @@ from agpnet.atomic import replace_folder, write_bytes, write_text
 from agpnet.data import IMAGE_SUFFIXES, AnomalyDataset, Sample, image_size, load_rgb
 from agpnet.errors import AgpnetError
 from agpnet.model.checkpoint import load_checkpoint
-from agpnet.runtime import autocast, resolve_device
+from agpnet.runtime import autocast, exact_fp32, resolve_device
 
 SCORES_CSV = "scores.csv"
 
@@ -92,12 +93,13 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
 def predict_maps(model, paths: list[Path], device: torch.device, batch_size: int = 16,
                  amp: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(anomaly maps (N,S,S), image scores (N,)), float32 on the host, of the images at `paths` in
-    their order. `amp` as in TrainConfig ("off": the model in fp32)."""
+    their order. `amp` as in TrainConfig ("off": the model in fp32, no TF32 on CUDA)."""
     samples = [Sample(image=p, category="predict", label=0, defect="unknown", mask=None) for p in paths]
     dataset = AnomalyDataset(samples, image_size=model.cfg.image_size, mean=model.mean, std=model.std)
     maps, scores = [], []
     model.eval()
-    with torch.inference_mode(), autocast(amp, device):
+    exact = exact_fp32() if amp == "off" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast(amp, device), exact:
         for batch in DataLoader(dataset, batch_size=batch_size):
             predicted = model.predict(batch["image"].to(device))
             maps.append(predicted["anomaly_map"].float().cpu())

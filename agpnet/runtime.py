@@ -1,6 +1,7 @@
 """Where and how computation runs at inference and training: device, autocast, loader workers,
 and whether training is compiled."""
 
+import contextlib
 import os
 
 import torch
@@ -75,6 +76,19 @@ def use_compile(setting: bool | None, device: torch.device, images: int) -> bool
 def compiler_supports(device: torch.device) -> bool:
     """torch.compile's GPU code generator (Triton) needs compute capability 7.0 or newer."""
     return torch.cuda.get_device_capability(device) >= (7, 0)
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 convolutions and matrix products without TF32 on CUDA (cuDNN runs fp32 convolutions
+    in TF32, with a 10-bit mantissa, unless told not to); the flags are restored afterwards. The
+    CPU has no TF32: nothing changes there."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def autocast(amp: str, device: torch.device) -> torch.autocast:

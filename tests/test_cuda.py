@@ -114,3 +114,4 @@ def test_cuda_graphs_for_a_whole_run_with_resume_and_evaluation(synth_root, tiny
     assert records["graphs"]["loss_per_epoch"] == pytest.approx(records["eager"]["loss_per_epoch"], rel=0.05)
     for key, value in records["eager"]["metrics"]["mean"].items():
         assert records["graphs"]["metrics"]["mean"][key] == pytest.approx(value, abs=0.05), key
+

@@ -126,3 +126,20 @@ def test_each_category_is_freed_once_its_images_are_in(synth_root, tiny_model_fi
         assert len(counts) == 3 and max(held) == max(counts.values()) * per_image
     else:
         assert max(held) > max(counts.values()) * per_image
+
+
+@pytest.mark.parametrize(("precision", "tf32_inside"), [("fp32", False), ("bf16", True)])
+def test_fp32_evaluation_turns_tf32_off_while_it_runs(synth_root, tiny_model_fields, monkeypatch, precision,
+                                                      tf32_inside):
+    """cuDNN runs fp32 convolutions in TF32 (10-bit mantissa) by default, so "fp32" evaluation on
+    CUDA was not fp32 (found in review): the model now runs with TF32 off, and the flags are
+    restored afterwards (tests/test_cuda.py compares the CUDA numbers with the CPU's)."""
+    model = _model(tiny_model_fields, image_size=64)
+    seen = []
+    predict = model.predict
+    monkeypatch.setattr(model, "predict", lambda images: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)) or predict(images))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    evaluate(model, _test_set(synth_root, model), torch.device("cpu"), batch_size=8, precision=precision)
+    assert seen and all(cudnn == tf32_inside and not matmul for cudnn, matmul in seen)
+    assert torch.backends.cudnn.allow_tf32 is True
