@@ -77,10 +77,13 @@ def check_run_folder(out: Path, may_replace: bool, resumable: bool = True) -> No
 
 def data_identity(cfg: RunConfig, split) -> dict:
     """What identifies a run's training data (stored in its checkpoint; a resume must match it):
-    dataset, resolved root, setting, categories, shots, seed, decoding, and a sha256 of the
-    training file list (paths relative to the root)."""
+    dataset, resolved root, setting, categories, shots, seed, decoding, a sha256 of the training
+    file list (paths relative to the root), and one of each file's path, size and modification
+    time (an image replaced under the same name changes it)."""
     root = Path(cfg.data.root).resolve()
     files = sorted(_relative(sample.image, root) for sample in split.train)
+    stats = sorted(f"{_relative(sample.image, root)}\t{stat.st_size}\t{stat.st_mtime_ns}"
+                   for sample in split.train for stat in [Path(sample.image).stat()])
     return {
         "dataset": cfg.data.dataset,
         "root": str(root),
@@ -91,6 +94,7 @@ def data_identity(cfg: RunConfig, split) -> dict:
         "fast_jpeg": cfg.data.fast_jpeg,
         "n_train": len(files),
         "train_files_sha256": hashlib.sha256("\n".join(files).encode()).hexdigest(),
+        "train_files_stat_sha256": hashlib.sha256("\n".join(stats).encode()).hexdigest(),
     }
 
 

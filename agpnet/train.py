@@ -303,9 +303,13 @@ class FeatureCache:
 def check_resumable(state: dict, model: AGPNet, cfg: TrainConfig, fingerprint: str, path: Path,
                     data: dict | None) -> None:
     """The checkpoint must come from the same data, model config, encoder weights and training settings."""
-    if state["data"] != data:
-        old, new = state["data"] or {}, data or {}
-        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    old, new = state["data"], data
+    if old is None or new is None:
+        differ = [] if old is new else sorted(set(old or {}) | set(new or {}))
+    else:  # a field newer than the checkpoint is not compared
+        differ = sorted(k for k in old if old[k] != new.get(k))
+    if differ:
+        old, new = old or {}, new or {}
         shown = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in differ[:3])
         raise AgpnetError(f"{path}: checkpoint was trained on other data ({shown}); "
                           "use a new output folder or resume=False")

@@ -409,6 +409,22 @@ def test_a_complete_run_is_never_lost_or_silently_replaced(tmp_path, synth_root,
     assert "file: expected a folder, found a file" in capsys.readouterr().err
 
 
+def test_resume_after_a_training_image_was_replaced_stops(tmp_path, capsys):
+    """Review fix: the data's identity held the training files' names only, so a resume after an
+    image was replaced under the same name (e.g. a regenerated synthetic set) went on silently."""
+    from agpnet.data.synth import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "data", seed=0, image_size=64, n_train=4, n_test=2)
+    out = tmp_path / "run"
+    assert main(_tiny_run_args(root, out)) == 0
+    first, second = sorted((root / "wood" / "train" / "good").iterdir())[:2]
+    first.write_bytes(second.read_bytes())
+    capsys.readouterr()
+    assert main(_tiny_run_args(root, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "trained on other data (train_files_stat_sha256: " in err and "train_files_sha256" not in err
+
+
 def test_resume_on_other_data_stops_with_the_differing_field(tmp_path, synth_root, capsys):
     """Before: --resume into a folder trained on another category reused that model and recorded
     'complete' on the new data with the old losses."""
