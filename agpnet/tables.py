@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from agpnet.atomic import write_text
-from agpnet.config import field_names
+from agpnet.config import RunConfig, field_names
 from agpnet.errors import AgpnetError
 from agpnet.metrics import METRICS
 from agpnet.published import DATASET_CATEGORIES, published_rows
@@ -36,6 +36,8 @@ COLUMNS = {key: metric.label for key, metric in METRICS.items()}
 NOT_METHOD_FIELDS = tuple(name for name in field_names() if name not in field_names(kind="recipe"))
 SEED_FIELDS = field_names(kind="seed")
 ABLATION_FACTORS = field_names(ablation=True)
+_RECIPE = field_names(kind="recipe")
+_DEFAULTS = RunConfig().to_flat()
 OURS = "AGPNet (ours)"
 MISSING = "–"  # no published number
 UNDEFINED = "NaN"  # our metric is undefined (e.g. no defective test image; see metrics.md)
@@ -172,52 +174,120 @@ def to_latex(table: Table, warning: str | None = None) -> str:
 
 def ablation_frame(frame: pd.DataFrame, factor: str,
                    factors: tuple[str, ...] = ABLATION_FACTORS) -> pd.DataFrame:
-    """The "mean" rows of the runs that vary `factor` with every other factor at its baseline.
+    """Per (value of `factor`, seed) and metric: the mean over categories, every other factor at
+    its baseline.
 
-    `frame` is a `metrics_frame`. The baseline of a factor is its most frequent value over the
-    distinct configurations (an ablation sweep varies one factor at a time around the default).
-    Returns columns factor, seed, run_dir, metric (column name), value (percent), one row per
-    run and metric; empty when the factor takes fewer than two values."""
-    means = frame[frame["category"] == "mean"]
-    if factor not in means or means[factor].nunique() < 2:
-        return pd.DataFrame(columns=[factor, "seed", "run_dir", "metric", "value"])
-    others = [f for f in factors if f != factor and f in means]
-    configs = means.drop_duplicates(subset=[factor, *others])
-    keep = np.ones(len(means), dtype=bool)
+    `frame` is a `metrics_frame` of one study context (ablation_studies splits the runs by the
+    fields a study holds fixed). The baseline of another factor is its config default when a run
+    has it, else its most frequent value over the distinct configurations (ties: the first in
+    sorted order). A seed's value is the mean over the categories that every (value, seed) has
+    (the categories of a multi-class run, or the one-class runs of that seed), so that the values
+    compare on the same categories. Returns columns factor, seed, runs (their folders), metric
+    (column name), value (percent); `attrs` "fixed" ({factor: baseline} where that is not the
+    default) and "left_out" (categories not every (value, seed) has). Empty when the factor takes
+    fewer than two values."""
+    empty = pd.DataFrame(columns=[factor, "seed", "runs", "metric", "value"])
+    rows = frame[frame["category"] != "mean"]
+    if factor not in rows or rows[factor].nunique(dropna=False) < 2:
+        return empty
+    others = [f for f in factors if f != factor and f in rows]
+    configs = rows.drop_duplicates(subset=[factor, *others])
+    keep, fixed = np.ones(len(rows), dtype=bool), {}
     for other in others:
-        keep &= (means[other] == configs[other].mode(dropna=False).iloc[0]).to_numpy()
-    subset = means[keep]
-    long = subset.melt(id_vars=[factor, "seed", "run_dir"], value_vars=list(COLUMNS), var_name="metric",
-                       value_name="value")
-    long["metric"] = long["metric"].map(COLUMNS)
-    long["value"] = 100 * long["value"]
+        default = _display(_hashable(_DEFAULTS[other]))
+        has_default = _equal(configs[other], default).any()
+        baseline = default if has_default else configs[other].mode(dropna=False).iloc[0]
+        if not has_default:
+            fixed[other] = baseline
+        keep &= _equal(rows[other], baseline).to_numpy()
+    subset = rows[keep]
+    if subset[factor].nunique(dropna=False) < 2:
+        return empty
+    groups = list(subset.groupby([factor, "seed"], dropna=False, sort=True))
+    common = set.intersection(*(set(part["category"]) for _, part in groups))
+    values = []
+    for (value, seed), part in groups:
+        twice = part[part["category"].duplicated()]
+        if len(twice):
+            category = twice["category"].iloc[0]
+            dirs = sorted(part.loc[part["category"] == category, "run_dir"])
+            raise AgpnetError(f"{dirs[0]} and {dirs[1]}: two runs of one configuration and seed hold "
+                              f"category {category}; an ablation needs one run per configuration, seed "
+                              "and category: keep one of them")
+        kept = part[part["category"].isin(common)]
+        with warnings.catch_warnings():  # an all-NaN metric stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(kept[list(COLUMNS)].to_numpy(dtype=float), axis=0)  # as MetricAccumulator's
+        runs = ", ".join(sorted(set(kept["run_dir"])))
+        values += [{factor: value, "seed": seed, "runs": runs, "metric": label, "value": 100 * mean}
+                   for label, mean in zip(COLUMNS.values(), means)]
+    long = pd.DataFrame(values, columns=list(empty.columns)) if common else empty
+    long.attrs.update(fixed=fixed, left_out=sorted(set(subset["category"]) - common))
     return long
 
 
 def ablation_studies(frame: pd.DataFrame,
                      factors: tuple[str, ...] = ABLATION_FACTORS) -> list[tuple[str, str, pd.DataFrame]]:
-    """(title, factor, ablation_frame) for every (dataset, setting, shots) and every factor that
-    takes two or more values there; empty when the runs hold no ablation."""
-    studies = []
-    keys = [k for k in ("dataset", "setting", "shots") if k in frame]
-    for group, part in frame.groupby(keys, dropna=False, sort=True):
-        name = " ".join(str(v) for v in group if v is not None and v == v)
+    """(title, factor, ablation_frame) for every study context and every factor that takes two or
+    more values there; empty when the runs hold no ablation. A context holds fixed the dataset,
+    setting and shots, every other recipe field (epochs, image size, ...), the data root and
+    whether the encoder was pretrained: runs that differ in any of them are never compared. The
+    title names what tells contexts of one dataset and setting apart, the baselines that are not
+    the defaults, the categories left out, and random encoder weights."""
+    keys = [k for k in (*_RECIPE, "root", "pretrained") if k in frame and k not in factors]
+    contexts = list(frame.groupby(keys, dropna=False, sort=True)) if keys else [((), frame)]
+    found = []  # (the context's fields, factor, ablation_frame)
+    for context, part in contexts:
+        fields = dict(zip(keys, context if isinstance(context, tuple) else (context,)))
         for factor in factors:
             long = ablation_frame(part, factor, factors)
             if len(long):
-                studies.append((f"{name}: {factor}", factor, long))
+                found.append((fields, factor, long))
+    studies = []
+    for fields, factor, long in found:
+        name = " ".join(str(fields[k]) for k in ("dataset", "setting", "shots")
+                        if k in fields and fields[k] is not None and fields[k] == fields[k])
+        siblings = [other for other, _, _ in found if _table_of(other) == _table_of(fields)]
+        differ = [k for k in keys if len({repr(s.get(k)) for s in siblings}) > 1 and k != "pretrained"]
+        if differ:
+            name += " (" + ", ".join(f"{k}={fields[k]}" for k in differ) + ")"
+        studies.append((_study_title(name, factor, long, fields.get("pretrained")), factor, long))
     return studies
 
 
+def _table_of(fields: dict) -> tuple:
+    return tuple(repr(fields.get(k)) for k in ("dataset", "setting", "shots"))
+
+
+def _study_title(name: str, factor: str, long: pd.DataFrame, pretrained) -> str:
+    fixed = long.attrs.get("fixed") or {}
+    title = f"{name}: {factor}"
+    if fixed:
+        title += " (with " + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ")"
+    if long.attrs.get("left_out"):
+        title += f"; categories not in every run, left out: {', '.join(long.attrs['left_out'])}"
+    if pretrained is not True:
+        title += " — RANDOM encoder weights: not AGPNet results"
+    return title
+
+
 def ablation_summary(long: pd.DataFrame, factor: str) -> pd.DataFrame:
-    """Rows = values of the factor, columns = metrics, cells "mean ± std" over seeds (percent)."""
+    """Rows = values of the factor, columns = metrics, cells "mean ± std" over seeds (percent),
+    and the number of seeds."""
     stats = long.groupby([factor, "metric"], sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
     stats["text"] = [format_value(m, s if n > 1 else None)
                      for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
     table = stats.pivot(index=factor, columns="metric", values="text")
     table = table[[c for c in COLUMNS.values() if c in table.columns]]
-    seeds = long.groupby(factor)["run_dir"].nunique().rename("runs")
+    seeds = long.groupby(factor)["seed"].nunique().rename("seeds")
     return table.join(seeds).reset_index()
+
+
+def _equal(values: pd.Series, value) -> pd.Series:
+    """values == value elementwise, with None/NaN equal to None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return values.isna()
+    return values.map(lambda v: v == value if not (v is None or v != v) else False).astype(bool)
 
 
 def format_value(mean: float, std: float | None = None) -> str:

@@ -198,8 +198,9 @@ _BUILT: dict = {}
 
 def demo_report(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(runs_dir, report_dir, index.html) of a report over hand-written runs, built once per session:
-    two configurations (noise attention / none, the latter NOT pretrained) x two seeds, a category
-    a one-class run of a category named EVIL_CATEGORY. No checkpoint: the attention page says so."""
+    two configurations (noise attention / none) x two seeds, the latter again NOT pretrained (a
+    method of its own, outside the noise ablation), and a one-class run of a category named
+    EVIL_CATEGORY. No checkpoint: the attention page says so."""
     if "report" not in _BUILT:
         require_kernel()
         from agpnet.report import build_report
@@ -208,8 +209,9 @@ def demo_report(tmp_path_factory) -> tuple[Path, Path, Path]:
         runs = base / "runs"
         for seed in (0, 1):
             write_run(runs / f"attention/seed{seed}", seed=seed, categories=("bottle", "cable"))
-            write_run(runs / f"none/seed{seed}", seed=seed, categories=("bottle", "cable"), model={"noise": "none"},
-                      pretrained=False)
+            write_run(runs / f"none/seed{seed}", seed=seed, categories=("bottle", "cable"), model={"noise": "none"})
+            write_run(runs / f"none-random/seed{seed}", seed=seed, categories=("bottle", "cable"),
+                      model={"noise": "none"}, pretrained=False)
         write_run(runs / "one-class", setting="one-class", categories=(EVIL_CATEGORY,))
         index = build_report(runs, base / "report")
         _BUILT["report"] = (runs, base / "report", index)

@@ -34,7 +34,7 @@ def test_report_files_and_index(report):
     for name in exports:
         assert f'href="tables/{name}"' in text
     # Weights: a red banner quoting the warning of the runs that were not pretrained.
-    assert 'class="banner"' in text and "2 of 5 run(s)" in text
+    assert 'class="banner"' in text and "2 of 7 run(s)" in text
     assert html.escape("backbone weights are random: numbers are not meaningful") in text
     # Machine, versions, date.
     assert "Linux x86_64, 2 CPUs" in text and re.search(r"torch [0-9]", text) and "papermill" in text
