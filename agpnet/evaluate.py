@@ -103,7 +103,7 @@ def _at_original_size(anomaly_map: torch.Tensor, sample) -> tuple[torch.Tensor, 
     if sample.mask is None:
         mask = torch.zeros(1, height, width, dtype=torch.bool)
     else:
-        mask = torch.from_numpy(load_mask(sample.mask) > 0)[None]
+        mask = torch.from_numpy(load_mask(sample.mask, (width, height)) > 0)[None]
     upsampled = F.interpolate(anomaly_map[None, None].float(), size=(height, width), mode="bilinear",
                               align_corners=False)[0]
     return upsampled, mask  # the mask stays on the host: the accumulator packs it there

@@ -142,6 +142,41 @@ def test_mask_size_differs_from_image(tmp_path):
     assert str(mask) in message and "32x30" in message and "32x32" in message
 
 
+def test_flat_mask_matching_images_in_two_defect_folders(tmp_path):
+    """Numbering restarts per defect folder (as in MVTec): a flat ground_truth/000_mask.png would
+    be given to test/crack/000.png and test/scratch/000.png alike."""
+    root = tmp_path / "widget"
+    for i in range(2):
+        write_image(root / "train" / "good" / f"{i}.png", seed=i)
+    write_image(root / "test" / "crack" / "000.png", seed=10)
+    write_image(root / "test" / "scratch" / "000.png", seed=11)
+    mask = write_mask(root / "ground_truth" / "000_mask.png")
+    message = _error(load_split, "folder", root, "one-class")
+    assert str(mask) in message and str(root / "test" / "crack" / "000.png") in message
+    assert str(root / "test" / "scratch" / "000.png") in message and "<defect>/<stem>_mask.png" in message
+
+
+@pytest.mark.parametrize("nested", ["train/good/batch2/0.png", "test/rust/line2/0.png",
+                                    "test/cam1_only/cam1/0.png"])
+def test_images_in_sub_folders_stop_the_read(tmp_path, nested):
+    """Images one level deeper than the layout says would be skipped (a defect folder holding
+    only a sub-folder would vanish from the test set)."""
+    root = make_folder(tmp_path / "part", mask_dir=None)
+    write_image(root / nested)
+    folder = root / nested.rsplit("/", 2)[0]
+    message = _error(load_split, "folder", root, "one-class")
+    assert f"{folder}: sub-folder {nested.split('/')[-2]}/ holds images" in message
+
+
+def test_defect_folders_with_the_same_name(tmp_path):
+    for i in range(2):
+        write_image(tmp_path / "normal" / f"n{i}.png", seed=i)
+    write_image(tmp_path / "line1" / "scratch" / "a.png")
+    write_image(tmp_path / "line2" / "scratch" / "c.png")
+    message = _error(read_folder, tmp_path / "normal", None, [tmp_path / "line1/scratch", tmp_path / "line2/scratch"])
+    assert str(tmp_path / "line2" / "scratch") in message and str(tmp_path / "line1" / "scratch") in message
+
+
 def test_visa_csv_missing(tmp_path):
     make_visa_raw(tmp_path)
     csv_path = tmp_path / "split_csv" / "1cls.csv"

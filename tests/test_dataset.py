@@ -110,6 +110,63 @@ def test_rgb_mask_and_non_square_image(tmp_path):
     assert item["mask"][:, 8:].all() and not item["mask"][:, :8].any()
 
 
+def _box_mask():
+    """64x64 bool mask: a 24x24 defect square."""
+    box = np.zeros((64, 64), bool)
+    box[16:40, 16:40] = True
+    return box
+
+
+def _palette_white_first(box):
+    palette = Image.fromarray(np.where(box, 0, 1).astype(np.uint8), "P")
+    palette.putpalette([255, 255, 255, 0, 0, 0])  # index 0 white (the defect), index 1 black
+    return palette
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA", "palette"])
+def test_masks_are_read_by_their_visible_colour(tmp_path, kind):
+    """Opaque RGBA/LA masks (paint programs, labelling tools) and palette masks whose white is
+    index 0 (Pillow's quantize) mark what a viewer shows white, not the alpha or the index."""
+    box = _box_mask()
+    grey, opaque = box.astype(np.uint8) * 255, np.full((64, 64), 255, np.uint8)
+    image = {"RGBA": lambda: Image.fromarray(np.dstack([grey, grey, grey, opaque]), "RGBA"),
+             "LA": lambda: Image.fromarray(np.dstack([grey, opaque]), "LA"),
+             "palette": lambda: _palette_white_first(box)}[kind]()
+    image.save(tmp_path / "m.png")
+    assert np.array_equal(load_mask(tmp_path / "m.png") > 0, box)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_jpeg_mask_compression_noise_is_not_defect(tmp_path, mode):
+    """A JPEG-saved 0/255 mask has faint ringing around each region; only bright pixels count."""
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 25) ** 2 + (xx - 33) ** 2 < 12 ** 2  # not aligned to JPEG's 8x8 blocks
+    grey = disc.astype(np.uint8) * 255
+    Image.fromarray(grey if mode == "L" else np.dstack([grey] * 3)).save(tmp_path / "m.jpg", quality=75)
+    assert np.array_equal(load_mask(tmp_path / "m.jpg") > 0, disc)
+
+
+def test_grayscale_tiff_image_and_mask_with_exif_orientation_are_upright(tmp_path):
+    """Pillow memory-maps an uncompressed grayscale TIFF opened by path at its turned size; the
+    pixels must still come out turned, not scrambled."""
+    stored = np.zeros((20, 40), np.uint8)  # 40 wide, 20 high, the top-left quarter white
+    stored[:10, :20] = 255
+    upright = np.zeros((40, 20), bool)  # as shown: the white quarter top right
+    upright[:20, 10:] = True
+    mask = _rotated_photo(tmp_path / "mask.tif", stored)
+    image = _rotated_photo(tmp_path / "photo.tif", stored)
+    assert image_size(mask) == (20, 40)
+    assert np.array_equal(load_mask(mask) > 0, upright)
+    assert np.array_equal(np.asarray(load_rgb(image))[..., 0] > 127, upright)
+
+
+def test_mask_that_decodes_to_another_size_than_its_image_stops(tmp_path):
+    image = write_image(tmp_path / "a.png", size=(32, 32))
+    mask = write_mask(tmp_path / "a_mask.png", size=(32, 30))
+    with pytest.raises(AgpnetError, match=r"a_mask.png: mask decodes to 32x30 but its image to 32x32"):
+        AnomalyDataset([Sample(image, "c", 1, "x", mask)], image_size=8)[0]
+
+
 def test_cache_skips_decoding_after_first_read(tmp_path):
     image = write_image(tmp_path / "a.png")
     mask = write_mask(tmp_path / "a_mask.png")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from agpnet.data.imagefile import load_mask, load_rgb
+from agpnet.data.imagefile import image_size, load_mask, load_rgb
 from agpnet.data.sample import Sample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,7 +105,7 @@ class AnomalyDataset(Dataset):
         pixels = self._decode(sample)
         if sample.mask is None:
             return pixels, None
-        mask = Image.fromarray(load_mask(sample.mask)).resize(size, Image.NEAREST)
+        mask = Image.fromarray(load_mask(sample.mask, image_size(sample.image))).resize(size, Image.NEAREST)
         return pixels, np.packbits(np.asarray(mask) > 0)
 
 

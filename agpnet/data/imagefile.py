@@ -6,6 +6,9 @@ image viewer shows; OpenCV's imread does the same. The tag is read from the head
 PNG it counts before the pixel data, where the PNG specification puts the eXIf chunk. Pillow
 turns TIFF pixels itself (and, in newer versions, reports TIFF sizes turned): for TIFF the
 pixels are left to Pillow and the size comes from the tags. Files without the tag are unchanged.
+Pixels are decoded from an open file, not from the path: given a path, Pillow memory-maps an
+uncompressed grayscale, palette or RGBA TIFF at its turned size, which scrambles the pixels of
+one turned by 90 degrees (Pillow 13).
 """
 
 import os
@@ -44,7 +47,7 @@ def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None)
     """Decode an image as 8-bit RGB (16-bit scaled to 8-bit), upright. `draft_size` lets JPEG
     decode at a reduced scale that is still at least that size (faster for large photos)."""
     try:
-        with Image.open(path) as image:
+        with open(path, "rb") as file, Image.open(file) as image:  # an open file: see above
             orientation = _orientation(image)
             if draft_size is not None:
                 image.draft(None, draft_size)
@@ -56,18 +59,36 @@ def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None)
             f"{path}: cannot decode image (expected a readable PNG/JPEG/BMP/TIFF): {reason}") from err
 
 
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Decode a mask as uint8 (H,W), upright, with 255 where any channel is > 0 (palette: index > 0)."""
+def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a mask as uint8 (H,W), upright, with 255 where the visible colour is defective.
+
+    The visible colour is what a viewer shows: palette masks through their palette, alpha
+    ignored (an opaque RGBA/LA mask is read by its colour). A pixel is defective if its
+    brightest channel is > 0 (VisA marks defects with small values such as 1), except in a JPEG
+    mask, where it must be > 127: lossy compression leaves faint noise around each region, so
+    a JPEG mask must be drawn bright on black. `size`: its image's (width, height) as shown
+    (`image_size`); a mask that decodes to another shape stops with one line naming the file.
+    """
     try:
-        with Image.open(path) as image:
+        with open(path, "rb") as file, Image.open(file) as image:  # an open file: see above
             orientation = _orientation(image)
-            values = np.asarray(_upright(image, orientation))
+            image.load()  # before turning: Pillow turns TIFF pixels while loading
+            lossy = image.format in ("JPEG", "MPO")
+            image = _upright(image, orientation)
+            if image.mode in ("LA", "RGBA"):
+                image = image.convert(image.mode[:-1])  # alpha dropped, colour kept
+            elif image.mode not in ("1", "L", "RGB") and not image.mode.startswith(("I", "F")):
+                image = image.convert("RGB")  # palette, CMYK, YCbCr: the colours shown
+            values = np.asarray(image)
     except _DECODE_ERRORS as err:
         reason = " ".join(str(err).split())
         raise AgpnetError(f"{path}: cannot decode mask (expected a readable PNG/BMP/TIFF): {reason}") from err
     if values.ndim == 3:
-        values = values.any(axis=2)
-    return np.where(values > 0, 255, 0).astype(np.uint8)
+        values = values.max(axis=2)
+    if size is not None and values.shape != (size[1], size[0]):
+        raise AgpnetError(f"{path}: mask decodes to {values.shape[1]}x{values.shape[0]} but its image to "
+                          f"{size[0]}x{size[1]} (expected the same size)")
+    return np.where(values > (127 if lossy else 0), 255, 0).astype(np.uint8)
 
 
 def _orientation(image: Image.Image) -> int:

@@ -85,7 +85,13 @@ def read_folder(
     """
     normal_dir = _existing_dir(normal_dir, "normal training images")
     if not isinstance(defect_dirs, Mapping):
-        defect_dirs = {Path(d).name: d for d in defect_dirs}
+        named = {}
+        for folder in defect_dirs:
+            if Path(folder).name in named:
+                raise AgpnetError(f"{folder}: defect folder has the same name as {named[Path(folder).name]} "
+                                  "(expected one folder per defect name, or a {defect: folder} mapping)")
+            named[Path(folder).name] = folder
+        defect_dirs = named
     train = [Sample(p, category, 0, "good", None) for p in _images(normal_dir, required=True)]
     test = []
     if good_dir is not None:
@@ -98,11 +104,19 @@ def read_folder(
         masks.update(
             {(d.name, stem): path for d in _subdirs(mask_dir) for stem, path in _mask_index(d).items()}
         )
+    flat_users = {}  # flat mask (matched by stem alone) -> the image that uses it
     for defect in sorted(defect_dirs):
         for image in _images(_existing_dir(defect_dirs[defect], "defective test images")):
             mask = None
             if masks is not None:
-                mask = masks.get((defect, image.stem)) or masks.get(image.stem)
+                mask = masks.get((defect, image.stem))
+                if mask is None and image.stem in masks:
+                    mask = masks[image.stem]
+                    if mask in flat_users:
+                        raise AgpnetError(
+                            f"{mask}: mask matches both {flat_users[mask]} and {image} "
+                            f"(expected a mask per defect folder: {mask_dir}/<defect>/<stem>_mask.png)")
+                    flat_users[mask] = image
                 if mask is None:
                     expected = (
                         f"{mask_dir}/{image.stem}_mask.png or {mask_dir}/{defect}/{image.stem}_mask.png"
@@ -387,23 +401,33 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _images(folder: Path, required: bool = False) -> list[Path]:
-    """Sorted image files of a folder (hidden files and other suffixes ignored)."""
-    files = []
-    if folder.is_dir():
-        files = sorted(
-            p
-            for p in folder.iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        )
+    """Sorted image files of a folder (hidden files and other suffixes ignored). A sub-folder
+    holding images stops the read: its images would be skipped silently."""
+    files = _image_files(folder)
+    for sub in _subdirs(folder) if folder.is_dir() else []:
+        if any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+               for p in sub.rglob("*")):
+            raise AgpnetError(f"{folder}: sub-folder {sub.name}/ holds images, which would not be read "
+                              f"(expected the images directly in {folder}/, no sub-folders)")
     if required and not files:
         raise AgpnetError(f"{folder}: no training images (expected {'/'.join(IMAGE_SUFFIXES)} files)")
     return files
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """Sorted image files directly in a folder (hidden files and other suffixes ignored)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
 def _mask_index(folder: Path) -> dict[str, Path]:
     """{image stem: mask file} for "<stem>_mask.*" and "<stem>.*" files; "_mask" wins on a tie."""
     index = {}
-    for path in _images(folder):
+    for path in _image_files(folder):
         stem = path.stem
         if stem.endswith("_mask"):
             index[stem[: -len("_mask")]] = path
