@@ -8,8 +8,10 @@ reference image of the same category on the same colour scale, and the histogram
 scores. Move the threshold (or press a best-F1 preset: test-set oracle thresholds, for
 inspection only) to see the image's pixel F1 and its verdict (TP / FP / TN / FN: image score
 against the threshold). "Save PNG" writes the picture, "Export CSV" every image's score and
-verdict. Every callback is a plain method and every output a widget value, so tests drive the
-viewer without a browser (tests/test_viewer_browser.py drives it in JupyterLab).
+verdict, under names that hold the run, the image and the exact threshold (see RunViewer.save and
+RunViewer.export); a file of the same name with other content is never overwritten. Every
+callback is a plain method and every output a widget value, so tests drive the viewer without a
+browser (tests/test_viewer_browser.py drives it in JupyterLab).
 """
 
 import html
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agpnet.atomic import write_bytes, write_text
+from agpnet.atomic import write_bytes
 from agpnet.data import denormalize, load_rgb
 from agpnet.errors import AgpnetError
 from agpnet.records import load_record
@@ -136,25 +138,35 @@ def verdict(label: int, score: float, threshold: float) -> str:
 
 
 def scores_frame(run: RunData, threshold: float) -> pd.DataFrame:
-    """One row per test image: path, category, defect, label, score, threshold, verdict and
-    pixel_f1 (NaN for a good image with nothing predicted) at `threshold`."""
+    """One row per test image: run (the run folder, absolute), path, category, defect, label,
+    score, threshold, verdict and pixel_f1 (NaN for a good image with nothing predicted) at
+    `threshold`."""
     maps = run.maps
     rows = []
     for i in range(len(maps["scores"])):
         label, score = int(maps["labels"][i]), float(maps["scores"][i])
-        rows.append({"path": str(maps["paths"][i]), "category": str(maps["categories"][i]),
-                     "defect": str(maps["defects"][i]), "label": label, "score": score,
+        rows.append({"run": str(run.run_dir.absolute()), "path": str(maps["paths"][i]),
+                     "category": str(maps["categories"][i]), "defect": str(maps["defects"][i]),
+                     "label": label, "score": score,
                      "threshold": threshold, "verdict": verdict(label, score, threshold),
                      "pixel_f1": pixel_f1(maps["anomaly_maps"][i], maps["masks"][i], threshold)})
     return pd.DataFrame(rows)
 
 
-def export_scores(run: RunData, threshold: float, path: str | Path) -> Path:
-    """Write `scores_frame` as CSV (atomically); a first line "# WARNING: ..." when the encoder
-    had random weights (read it back with pandas.read_csv(path, comment="#"))."""
+def scores_csv(run: RunData, threshold: float) -> str:
+    """`scores_frame` as CSV text; a first line "# WARNING: ..." when the encoder had random
+    weights (read it back with pandas.read_csv(path, comment="#"))."""
     warning = weights_warning(run.record)
-    text = (f"# WARNING: {warning}\n" if warning else "") + scores_frame(run, threshold).to_csv(index=False)
-    return write_text(path, text)
+    return (f"# WARNING: {warning}\n" if warning else "") + scores_frame(run, threshold).to_csv(index=False)
+
+
+def write_unless_other(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically, unless a file with other content is there already
+    (AgpnetError naming it: a file of the same name from another run or view is kept)."""
+    if path.is_file() and path.read_bytes() != data:
+        raise AgpnetError(f"{path}: a file of this name with other content is there already "
+                          "(not overwritten: move it, or pick another out_dir)")
+    return write_bytes(path, data)
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -183,13 +195,16 @@ class RunViewer:
     listed, in order), `current` (the row shown), `f1` (pixel F1 of that image at the threshold),
     `scale_range` ((vmin, vmax) of the colour scale), `picture.value` / `attention.value` (PNG
     bytes), `info.value` and `status.value` (HTML), `oracle_text` (after a best-F1 preset).
-    Save PNG and Export CSV write to `out_dir` (default: <run_dir>/viewer)."""
+    Save PNG and Export CSV write to `out_dir` (default: <run_dir>/viewer); `name` is the run's
+    name in their file names (ViewerApp: its folder relative to runs_dir; default: the folder's
+    name)."""
 
     def __init__(self, run_dir: str | Path, threshold: float | None = None,
-                 out_dir: str | Path | None = None):
+                 out_dir: str | Path | None = None, name: str | None = None):
         import ipywidgets as w
 
         self.run = load_run(run_dir)
+        self.name = name if name not in (None, ".") else self.run.run_dir.absolute().name
         self.out_dir = (Path(out_dir).expanduser().absolute() if out_dir is not None
                         else self.run.run_dir / "viewer")
         maps = self.run.maps
@@ -353,20 +368,27 @@ class RunViewer:
                 self._presetting = False
 
     def save(self) -> Path | None:
-        """Write the picture shown (PNG) to out_dir; returns its path."""
+        """Write the picture shown (PNG) to out_dir; returns its path. The name holds all the
+        picture depends on: <run>_<category>_<defect>_<stem>_threshold-<t>_scale-<category|global>
+        _histogram-<all|category>.png (t: repr of the float; the histogram's images: all or this
+        category). A file of that name with other content is kept (AgpnetError)."""
         if self.current is None or not self.picture.value:
             return None
         maps, i = self.run.maps, self.current
-        name = (f"{maps['categories'][i]}_{Path(str(maps['paths'][i])).stem}"
-                f"_threshold-{self.threshold.value:.4g}.png")
-        path = write_bytes(self.out_dir / _safe_name(name), bytes(self.picture.value))
+        histogram = "all" if self.category.value == ALL else "category"
+        name = (f"{self.name}_{maps['categories'][i]}_{maps['defects'][i]}_{Path(str(maps['paths'][i])).stem}"
+                f"_threshold-{float(self.threshold.value)!r}_scale-{self.scale.value}_histogram-{histogram}.png")
+        path = write_unless_other(self.out_dir / _safe_name(name), bytes(self.picture.value))
         self.status.value = f"saved <code>{html.escape(str(path))}</code>"
         return path
 
     def export(self) -> Path:
-        """Write every image's score, verdict and pixel F1 at the threshold (CSV) to out_dir."""
-        threshold = self.threshold.value
-        path = export_scores(self.run, threshold, self.out_dir / f"scores_threshold-{threshold:.4g}.csv")
+        """Write every image's score, verdict and pixel F1 at the threshold (`scores_csv`) to
+        out_dir as scores_<run>_threshold-<t>.csv (t in full); returns its path. A file of that
+        name with other content is kept (AgpnetError)."""
+        threshold = float(self.threshold.value)
+        name = _safe_name(f"scores_{self.name}_threshold-{threshold!r}.csv")
+        path = write_unless_other(self.out_dir / name, scores_csv(self.run, threshold).encode())
         self.status.value = f"exported <code>{html.escape(str(path))}</code>"
         return path
 
@@ -535,7 +557,8 @@ class ViewerApp:
             shown = html.escape("; ".join(self.found.left_out[:3]))
             where += f" ({len(self.found.left_out)} left out: {shown})"
         self.where = w.HTML(where)
-        self.viewer = RunViewer(self.picker.value, threshold=threshold, out_dir=out_dir)
+        self.viewer = RunViewer(self.picker.value, threshold=threshold, out_dir=out_dir,
+                                name=self.found.name(self.picker.value))
         self.viewer_box = self.viewer.widget()
         self.body = w.VBox([self.viewer_box])
         self.box = w.VBox([self.where, self.picker, self.body])
@@ -543,7 +566,8 @@ class ViewerApp:
 
     def on_run(self, change=None):
         """Another run picked: a new RunViewer in place of the old one."""
-        self.viewer = RunViewer(self.picker.value, threshold=self.threshold, out_dir=self.out_dir)
+        self.viewer = RunViewer(self.picker.value, threshold=self.threshold, out_dir=self.out_dir,
+                                name=self.found.name(self.picker.value))
         self.viewer_box = self.viewer.widget()
         self.body.children = [self.viewer_box]
 

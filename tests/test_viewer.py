@@ -21,6 +21,7 @@ from agpnet.viewer import (
     ViewerApp,
     best_f1_threshold,
     heatmap_examples,
+    load_run,
     pixel_f1,
     png_size,
     verdict,
@@ -277,6 +278,80 @@ def test_save_png_export_csv_and_weights_warning(tmp_path):
     assert "WARNING" not in view.header.value
     assert view.export().parent == tmp_path / "pretrained" / "viewer"  # the default out_dir
     assert not view.export().read_text().startswith("#")
+
+
+def mvtec_run(run_dir, data_dir, factor: float = 1.0) -> None:
+    """A run over bottle/test/{good,broken_large}/000.png (MVTec names files 000.png in every
+    defect folder); its maps multiplied by `factor`."""
+    write_run(run_dir, categories=("bottle",))
+    arrays = write_maps(run_dir, categories=("bottle",), per_category=2)
+    arrays["defects"] = np.where(arrays["labels"] == 1, "broken_large", "good")
+    paths = []
+    for old, defect in zip(arrays["paths"], arrays["defects"]):
+        path = data_dir / "bottle" / "test" / str(defect) / "000.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(old, path)
+        paths.append(str(path))
+    arrays["paths"] = np.asarray(paths)
+    arrays["anomaly_maps"] *= np.float16(factor)
+    arrays["scores"] *= factor
+    np.savez_compressed(run_dir / "maps.npz", **arrays)
+
+
+def test_saved_pictures_of_one_stem_in_two_defect_folders_are_two_files(tmp_path):
+    mvtec_run(tmp_path / "run", tmp_path / "data")
+    view = RunViewer(tmp_path / "run", threshold=0.5)
+    pictures = {}
+    for i in view.indices:
+        view.image.value = i
+        pictures[view.save()] = bytes(view.picture.value)
+    assert len(pictures) == 2 and len(set(pictures.values())) == 2
+    assert sorted(view.out_dir.glob("*.png")) == sorted(pictures)
+    for path, png in pictures.items():
+        assert path.read_bytes() == png
+    assert {"good" in p.name for p in pictures} == {True, False}
+    assert all("broken_large" in p.name for p in pictures if "good" not in p.name)
+
+
+def test_exports_of_two_runs_into_one_out_dir_are_two_files_each_with_its_run(tmp_path):
+    mvtec_run(tmp_path / "runs" / "a", tmp_path / "data")
+    mvtec_run(tmp_path / "runs" / "b", tmp_path / "data", factor=0.5)
+    app = ViewerApp(tmp_path / "runs", run="a", threshold=0.3, out_dir=tmp_path / "out")
+    exported = {"a": app.viewer.export()}
+    app.picker.value = app.found.pick("b")
+    exported["b"] = app.viewer.export()
+    assert sorted((tmp_path / "out").glob("*.csv")) == sorted(exported.values())
+    for name, path in exported.items():
+        assert f"_{name}_" in path.name
+        frame = pd.read_csv(path)
+        assert (frame["run"] == str(app.found.runs_dir / name)).all()
+        assert list(frame["score"]) == pytest.approx(list(load_run(app.found.runs_dir / name).maps["scores"]))
+
+
+def test_thresholds_equal_to_four_figures_give_two_files(tmp_path):
+    mvtec_run(tmp_path / "run", tmp_path / "data")
+    view = RunViewer(tmp_path / "run", threshold=0.5, out_dir=tmp_path / "out")
+    written = []
+    for threshold in (0.5, 0.50001):
+        view.threshold.value = threshold
+        written += [view.save(), view.export()]
+    assert len(set(written)) == 4 and sorted((tmp_path / "out").iterdir()) == sorted(written)
+    csvs = [pd.read_csv(p) for p in written if p.suffix == ".csv"]
+    assert [frame["threshold"].iloc[0] for frame in csvs] == [0.5, 0.50001]
+
+
+def test_a_file_of_the_same_name_with_other_content_is_not_overwritten(tmp_path):
+    for runs in ("old", "new"):  # two runs_dir, each with a run named "a", one out_dir
+        mvtec_run(tmp_path / runs / "a", tmp_path / "data", factor=1.0 if runs == "old" else 0.5)
+    first = ViewerApp(tmp_path / "old", threshold=0.3, out_dir=tmp_path / "out").viewer
+    csv, png = first.export(), first.save()
+    kept = csv.read_bytes(), png.read_bytes()
+    assert first.export() == csv and first.save() == png  # the same content again: written
+    second = ViewerApp(tmp_path / "new", threshold=0.3, out_dir=tmp_path / "out").viewer
+    for button in (second.export_csv, second.save_png):
+        button.click()
+        assert "not written" in second.status.value and "other content" in second.status.value
+    assert (csv.read_bytes(), png.read_bytes()) == kept and len(list((tmp_path / "out").iterdir())) == 2
 
 
 def test_run_picker_lists_the_runs_of_a_sweep_folder(tmp_path, monkeypatch):
