@@ -14,6 +14,7 @@ callback is a plain method and every output a widget value, so tests drive the v
 browser (tests/test_viewer_browser.py drives it in JupyterLab).
 """
 
+import hashlib
 import html
 import re
 from dataclasses import dataclass, field
@@ -577,8 +578,12 @@ class ViewerApp:
 
 
 def _safe_name(name: str) -> str:
-    """A file name of letters, digits, ".", "_" and "-" only."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    """A file name of letters, digits, ".", "_" and "-" only, at most 200 characters (a longer one
+    keeps its start and end around a hash of the whole, so it stays unique)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    if len(name) > 200:
+        name = f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}-{name[-90:]}"
+    return name
 
 
 def heatmap_examples(run_dir: str | Path, n_defective: int = 3, n_good: int = 1):

@@ -418,3 +418,12 @@ def test_show_displays_a_rerun_hint_for_a_lost_widget(run_dir, monkeypatch):
     # In JupyterLab the hint shows only in an output area without a drawn viewer.
     assert ".jp-OutputArea:has(.agpnet-viewer) .agpnet-rerun{display:none}" in hint["text/html"]
     assert html.escape(RERUN_HINT) in hint["text/html"]
+
+
+def test_a_long_run_name_gives_a_file_name_that_fits_and_stays_unique(tmp_path):
+    """A nested sweep cell's name (up to 120 characters) with the image and view in it could pass
+    the file systems' 255-byte limit: long names keep their ends around a hash of the whole."""
+    mvtec_run(tmp_path / "run", tmp_path / "data")
+    paths = [RunViewer(tmp_path / "run", threshold=0.3, out_dir=tmp_path / "out", name=name).save()
+             for name in ("x" * 150 + "-a", "x" * 150 + "-b")]
+    assert len(set(paths)) == 2 and all(len(p.name) <= 200 and p.name.endswith(".png") for p in paths)
