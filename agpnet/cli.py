@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local: cells one after another here (default); ray: Ray tasks, several at once")
     ray.add_argument("--address",
                      help="ray: join a running Ray cluster (auto or HOST:PORT); default: a local one")
-    ray.add_argument("--gpus-per-cell", metavar="F", help="ray: GPUs per cell, e.g. 0.25 (4 cells per GPU)")
+    ray.add_argument("--gpus-per-cell", metavar="F",
+                     help="ray: a cell's share of one GPU, 0 to 1, e.g. 0.25 (4 cells per GPU)")
     ray.add_argument("--cpus-per-cell", metavar="N", help="CPUs per cell, also its torch threads")
     ray.add_argument("--max-concurrent", metavar="N", help="ray: at most N cells at once")
     sw.set_defaults(handler=_cmd_sweep)

@@ -106,7 +106,7 @@ class Executor:
 
     kind: str = "local"  # "local": one after another in this process; "ray": Ray tasks (agpnet.sweep_ray)
     address: str | None = None  # ray: "auto" or HOST:PORT of a running cluster; None: a local Ray instance
-    # ray: GPUs per cell (0.25 packs 4 on a GPU); None: 1 if there are GPUs, else 0
+    # ray: a cell's share of one GPU, 0..1 (0.25 packs 4 on a GPU); None: 1 if there are GPUs, else 0
     gpus_per_cell: float | None = None
     # CPUs per cell = its torch threads; None: torch's default (local), 1 (ray)
     cpus_per_cell: int | None = None
@@ -230,9 +230,8 @@ def resolve_executor(path: Path, section, given: dict) -> Executor:
     number = (int, float)
     check("kind", lambda v: v in EXECUTORS, " or ".join(EXECUTORS))
     check("address", lambda v: isinstance(v, str) and v.strip(), "auto or HOST:PORT of a Ray cluster")
-    check("gpus_per_cell", lambda v: isinstance(v, number) and not isinstance(v, bool)
-          and 0 <= v == v and (v < 1 or float(v).is_integer()),
-          "a number >= 0, a whole number above 1 (0.25 packs 4 cells on a GPU)")
+    check("gpus_per_cell", lambda v: isinstance(v, number) and not isinstance(v, bool) and 0 <= v <= 1,
+          "a number from 0 to 1 (a cell trains on one GPU; 0.25 packs 4 cells on a GPU)")
     for key in ("cpus_per_cell", "max_concurrent"):
         check(key, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1")
     if values.get("kind", "local") == "local":

@@ -5,17 +5,18 @@ down at the end (one node, several GPUs); with `address` ("auto" or HOST:PORT) t
 running cluster (`ray start --head` on one node, `ray start --address=HEAD:6379` on the others).
 A process already connected to Ray (`ray.init` called before) uses that connection and keeps it.
 
-A task runs the same papermill execution as the local executor (`agpnet.sweep.execute_cell`)
-into the same cell folder, with `gpus_per_cell` GPUs (Ray sets CUDA_VISIBLE_DEVICES; a fraction
-packs several cells on one GPU) and `cpus_per_cell` CPUs, which are also its torch threads. One
-writer: this process (the driver) holds the sweep lock and alone writes sweep.json; a task
-writes only in its cell's folder: first `placement.json` {executor, node, ip, pid, gpus,
-gpu_fraction, cpus, started}, then what the notebook writes. Ray never retries a task: a cell
-whose worker or node died is failed (the driver writes its error.json with the node and the
-reason) and runs again with --retry-failed. Ctrl-C cancels the running tasks; their cells stay
-pending. Preflight: a task whose node cannot see the output folder, the data root, the notebook
-or the driver's working folder fails at once with one line naming the node and the path (the
-cells need a shared filesystem); relative paths are relative to the driver's working folder.
+A task runs the same papermill execution as the local executor (`agpnet.sweep.execute_cell`) into
+the same cell folder, with `gpus_per_cell` of one GPU (at most 1: a cell trains on one GPU; Ray
+sets CUDA_VISIBLE_DEVICES; a fraction packs several cells on one GPU) and `cpus_per_cell` CPUs,
+which are also its torch threads; one node must have both. One writer: this process (the driver)
+holds the sweep lock and alone writes sweep.json; a task writes only in its cell's folder: first
+`placement.json` {executor, node, ip, pid, gpus, gpu_fraction, cpus, started}, then what the
+notebook writes. Ray never retries a task: a cell whose worker or node died is failed (the driver
+writes its error.json with the node and the reason) and runs again with --retry-failed. Ctrl-C
+cancels the running tasks; their cells stay pending. Preflight: a task whose node cannot see the
+output folder, the data root, the notebook or the driver's working folder fails at once with one
+line naming the node and the path (the cells need a shared filesystem); relative paths are
+relative to the driver's working folder.
 """
 
 import contextlib
@@ -81,17 +82,26 @@ def _connect(ray, address: str | None) -> None:
 
 
 def _resources(ray, executor: Executor) -> Resources:
-    total = ray.cluster_resources()
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     gpus = executor.gpus_per_cell
     if gpus is None:
-        gpus = 1 if total.get("GPU", 0) >= 1 else 0
+        gpus = 1 if any(node.get("GPU", 0) >= 1 for node in nodes) else 0
     cpus = executor.cpus_per_cell or 1
-    for flag, need, have in (("--gpus-per-cell", gpus, total.get("GPU", 0)),
-                             ("--cpus-per-cell", cpus, total.get("CPU", 0))):
-        if need > have:
-            raise AgpnetError(f"{flag} {need:g}: the Ray cluster has {have:g} in all; "
-                              "no cell could ever start")
+    check_fits(nodes, gpus, cpus)
     return Resources(gpus=gpus, cpus=cpus)
+
+
+def check_fits(nodes: list[dict], gpus: float, cpus: int) -> None:
+    """AgpnetError unless one node (a `Resources` dict of `ray.nodes()`, alive) has `gpus` GPUs
+    and `cpus` CPUs: a Ray task runs on one node, never on the cluster's sum."""
+    for flag, key, need in (("--gpus-per-cell", "GPU", gpus), ("--cpus-per-cell", "CPU", cpus)):
+        largest = max((node.get(key, 0) for node in nodes), default=0)
+        if need > largest:
+            raise AgpnetError(f"{flag} {need:g}: the largest Ray node has {largest:g} {key}; "
+                              "no cell could ever start")
+    if not any(node.get("GPU", 0) >= gpus and node.get("CPU", 0) >= cpus for node in nodes):
+        raise AgpnetError(f"--gpus-per-cell {gpus:g} --cpus-per-cell {cpus}: no Ray node has both; "
+                          "no cell could ever start")
 
 
 def run_cells(sweep: Sweep, cells: list[Cell], declared: dict, finished, progress: bool = True, *,

@@ -184,9 +184,72 @@ def test_a_node_that_cannot_see_the_data_root_fails_the_cell_at_once(ray_address
 
 def test_a_cell_no_node_could_run_is_one_line_before_the_output_folder(ray_address, tmp_path):
     sweep_file = tiny_sweep(tmp_path, n_values=(1,))
-    with pytest.raises(AgpnetError, match=r"--gpus-per-cell 1: the Ray cluster has 0 in all; no cell could ever start"):
+    with pytest.raises(AgpnetError, match=r"^--gpus-per-cell 1: the largest Ray node has 0 GPU; no cell could ever start$"):
         run_sweep(sweep_file, executor={**RAY, "gpus_per_cell": 1}, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# Two nodes of 1 CPU each (2 in all), started here; `agpnet sweep --cpus-per-cell 2` joins them
+# in a process of its own, killed after 20 s so that the cluster is shut down even when it hangs.
+TWO_NODES = textwrap.dedent("""
+    import subprocess, sys
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        print("nodes", [node.node_ip_address for node in (cluster.head_node, *cluster.worker_nodes)])
+        sweep = [sys.executable, "-m", "agpnet", "sweep", sys.argv[1], "--executor", "ray",
+                 "--address", cluster.address, "--cpus-per-cell", "2"]
+        try:
+            done = subprocess.run(sweep, capture_output=True, text=True, timeout=20)
+            print("exit", done.returncode, [line for line in done.stderr.splitlines() if "agpnet" in line])
+        except subprocess.TimeoutExpired:
+            print("hung")
+    finally:
+        cluster.shutdown()
+""")
+
+
+def test_a_cell_larger_than_every_node_is_refused_on_a_two_node_cluster(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    sweep_file = tiny_sweep(tmp_path, n_values=(1,))
+    servers = {"raylet", "gcs_server"}  # each node's own; the workers end with their raylet
+    before = {pid for pid in ray_processes() if _name(pid) in servers}
+    done = subprocess.run([sys.executable, "-c", TWO_NODES, str(sweep_file)], cwd=REPO, capture_output=True,
+                          text=True, timeout=90, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    assert done.stdout.startswith("nodes ['127.0.0.1', '127.0.0.1']\n"), done.stdout + done.stderr
+    # One line at once (exit 2), not a sweep waiting forever for a node that does not exist.
+    message = "agpnet: error: --cpus-per-cell 2: the largest Ray node has 1 CPU; no cell could ever start"
+    assert done.stdout.splitlines()[1] == f"exit 2 [{message!r}]", done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
+    wait_for(lambda: not {pid for pid in ray_processes() if _name(pid) in servers} - before,
+             "the two-node cluster's processes ended", timeout_s=30)
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("nodes, gpus, cpus, expected", [
+    ([{"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}], 1, 8, None),
+    ([{"GPU": 1.0, "CPU": 8.0}, {"CPU": 2.0}], 0.25, 8, None),
+    ([{"GPU": 1.0, "CPU": 1.0}, {"GPU": 1.0, "CPU": 1.0}], 0, 2, "--cpus-per-cell 2: the largest Ray node has 1 CPU"),
+    ([{"GPU": 0.5, "CPU": 4.0}, {"GPU": 0.5, "CPU": 4.0}], 1, 1, "--gpus-per-cell 1: the largest Ray node has 0.5 GPU"),
+    ([{"GPU": 1.0, "CPU": 1.0}, {"CPU": 8.0}], 1, 4, "--gpus-per-cell 1 --cpus-per-cell 4: no Ray node has both"),
+    ([], 0, 1, "--cpus-per-cell 1: the largest Ray node has 0 CPU"),
+])
+def test_a_cell_must_fit_on_one_node_not_on_the_clusters_sum(nodes, gpus, cpus, expected):
+    from agpnet.sweep_ray import check_fits
+
+    if expected is None:
+        check_fits(nodes, gpus, cpus)
+    else:
+        with pytest.raises(AgpnetError, match=f"^{expected}; no cell could ever start$"):
+            check_fits(nodes, gpus, cpus)
 
 
 def test_executor_without_ray_installed_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
@@ -213,6 +276,9 @@ def test_executor_from_the_sweep_file_and_flags(tmp_path):
 
     for given, expected in [({"kind": "slurm"}, "--executor: got 'slurm'; expected local or ray"),
                             ({"gpus_per_cell": 1.5}, "--gpus-per-cell: got 1.5"),
+                            # a cell trains on one GPU (cuda:0): a second GPU would be held, unused
+                            ({"gpus_per_cell": 2}, "--gpus-per-cell: got 2; expected a number from 0 to 1 (a cell "
+                                                   "trains on one GPU"),
                             ({"cpus_per_cell": 0}, "--cpus-per-cell: got 0; expected a whole number >= 1"),
                             ({"kind": "local", "address": "auto"}, "--address: only for the ray executor")]:
         with pytest.raises(AgpnetError, match=expected.replace("(", r"\(")):
