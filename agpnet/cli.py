@@ -194,7 +194,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, names=None, title="config
     """A flag per config field (`names`, default all but out_dir), parsed later by RunConfig.from_flat."""
     from agpnet.config import RunConfig, flat_fields
 
-    defaults = RunConfig().to_flat()
+    defaults = RunConfig.defaults()
     group = parser.add_argument_group(f"{title} (defaults in brackets)")
     for name in names or [n for n in flat_fields() if n != "out_dir"]:
         flag = "--" + name.replace("_", "-")
@@ -202,9 +202,13 @@ def _add_config_flags(parser: argparse.ArgumentParser, names=None, title="config
                            help=f"[{_show(defaults[name], name)}]")
 
 
+# How a flag's default of None is shown in --help, where None means something else than "not set".
+NONE_SHOWN = {"compile": "auto", "num_workers": "auto", "init_seed": "the seed"}
+
+
 def _show(value, name: str) -> str:
-    if value is None and name == "compile":
-        return "auto"
+    if value is None and name in NONE_SHOWN:
+        return NONE_SHOWN[name]
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
     return str(value)

@@ -92,8 +92,9 @@ class AGPNetConfig:
     image_size: int = 256  # [default] input side (px); 256 -> 16x16 tokens with patch 16
     # [default] tapped encoder blocks, 1-indexed
     blocks: tuple[int, ...] = field(default=(3, 6, 9, 12), metadata=meaning(ablation=True))
-    # [default] seed of the decoder init (and of a random encoder)
-    init_seed: int = field(default=0, metadata=meaning("seed"))
+    # [default] seed of the decoder init (and of a random encoder); None: the run's seed (RunConfig
+    # sets it, so repeats with other seeds also start from other weights; 0 for a model built alone)
+    init_seed: int | None = field(default=None, metadata=meaning("seed"))
 
     # Decoder: a small ViT over the token grid, width = encoder width.
     decoder_depth: int = 4  # [default]
@@ -143,6 +144,10 @@ class AGPNetConfig:
         if not self.blocks or min(self.blocks) < 1 or len(set(self.blocks)) != len(self.blocks):
             raise AgpnetError(f"model config blocks={self.blocks}: expected distinct 1-indexed block numbers")
         check_numbers("model", self)
+
+    def initial_seed(self) -> int:
+        """The seed of the decoder init (and of a random encoder): init_seed, 0 when unset."""
+        return 0 if self.init_seed is None else self.init_seed
 
     def to_dict(self) -> dict:
         """Plain dict (lists, no tuples) for checkpoints and run records."""
@@ -277,6 +282,10 @@ class RunConfig:
     device: str = field(default="auto", metadata=RUNTIME)
     out_dir: str = field(default="runs/run", metadata=RUNTIME)
 
+    def __post_init__(self):
+        if self.model.init_seed is None:  # repeats with other seeds start from other decoder weights
+            self.model.init_seed = self.train.seed
+
     def to_dict(self) -> dict:
         """Nested plain dict (tuples as lists), as stored in the run record."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -288,9 +297,17 @@ class RunConfig:
         return flat
 
     @classmethod
+    def defaults(cls) -> dict:
+        """Every flat field's default as declared (init_seed None: not yet the run's seed)."""
+        flat = {f.name: f.default for f in dataclasses.fields(cls) if f.name not in SECTIONS}
+        for section_cls in SECTIONS.values():
+            flat.update(dataclasses.asdict(section_cls()))
+        return flat
+
+    @classmethod
     def from_flat(cls, values: dict) -> "RunConfig":
         """A RunConfig from flat `{field: value}` (any section), the others at their defaults."""
-        flat = cls().to_flat()
+        flat = cls.defaults()
         known = flat_fields()
         for key, value in values.items():
             key = key.replace("-", "_") if isinstance(key, str) else key  # a notebook's {2: 3}: unknown

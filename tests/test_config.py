@@ -166,3 +166,21 @@ def test_config_file_keys_must_be_non_empty_strings(tmp_path, text, line, key):
     with pytest.raises(AgpnetError) as info:
         load_yaml_config(path)
     assert str(info.value).startswith(f"{path} line {line}: key {key}: expected a non-empty string")
+
+
+def test_repeats_with_other_seeds_start_from_other_decoder_weights(tiny_model_fields):
+    """Review fix: init_seed was 0 whatever the seed, so an ablation's three seeds differed only in
+    data order and noise, and their error bars left out the decoder's initialisation."""
+    import warnings
+
+    import torch
+
+    from agpnet.model import build_model
+
+    configs = [RunConfig.from_flat({**tiny_model_fields, "seed": seed}) for seed in (0, 1)]
+    assert [c.model.init_seed for c in configs] == [0, 1] and configs[1].to_flat()["init_seed"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random encoder weights
+        decoders = [build_model(c.model, "random")[0].decoder.state_dict() for c in configs]
+    assert any(not torch.equal(value, decoders[1][name]) for name, value in decoders[0].items())
+    assert RunConfig.from_flat({"seed": 1, "init_seed": 0}).model.init_seed == 0  # given: kept

@@ -188,7 +188,7 @@ def build_model(cfg: AGPNetConfig | None = None, weights: str | Path = "hub",
 
 
 def assemble(cfg: AGPNetConfig, vit: nn.Module) -> AGPNet:
-    """AGPNet around `vit` with the decoder initialised from cfg.init_seed (global RNG untouched)."""
+    """AGPNet around `vit` with the decoder initialised from cfg.initial_seed() (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.init_seed)
+        torch.manual_seed(cfg.initial_seed())
         return AGPNet(cfg, vit)

@@ -90,10 +90,10 @@ def timm_kwargs(cfg: AGPNetConfig) -> dict:
 
 
 def random_backbone(cfg: AGPNetConfig) -> nn.Module:
-    """Randomly initialised timm ViT, reproducible: seeded with cfg.init_seed (global RNG untouched)."""
+    """Randomly initialised timm ViT, reproducible: seeded with cfg.initial_seed() (global RNG untouched)."""
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.init_seed)
+            torch.manual_seed(cfg.initial_seed())
             vit = timm.create_model(cfg.backbone, pretrained=False, **timm_kwargs(cfg))
     except (TypeError, ValueError, AssertionError) as err:
         raise AgpnetError(f"model config backbone_kwargs={cfg.backbone_kwargs}: rejected by timm "
