@@ -81,9 +81,9 @@ def data_identity(cfg: RunConfig, split) -> dict:
     file list (paths relative to the root), and one of each file's path, size and modification
     time (an image replaced under the same name changes it)."""
     root = Path(cfg.data.root).resolve()
-    files = sorted(_relative(sample.image, root) for sample in split.train)
-    stats = sorted(f"{_relative(sample.image, root)}\t{stat.st_size}\t{stat.st_mtime_ns}"
-                   for sample in split.train for stat in [Path(sample.image).stat()])
+    listed = sorted((_relative(sample.image, root), Path(sample.image).stat()) for sample in split.train)
+    files = [name for name, _ in listed]
+    stats = [f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}" for name, stat in listed]
     return {
         "dataset": cfg.data.dataset,
         "root": str(root),

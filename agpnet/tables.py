@@ -37,7 +37,7 @@ NOT_METHOD_FIELDS = tuple(name for name in field_names() if name not in field_na
 SEED_FIELDS = field_names(kind="seed")
 ABLATION_FACTORS = field_names(ablation=True)
 _RECIPE = field_names(kind="recipe")
-_DEFAULTS = RunConfig().to_flat()
+_DEFAULTS = RunConfig.defaults()
 OURS = "AGPNet (ours)"
 MISSING = "–"  # no published number
 UNDEFINED = "NaN"  # our metric is undefined (e.g. no defective test image; see metrics.md)
@@ -215,9 +215,7 @@ def ablation_frame(frame: pd.DataFrame, factor: str,
                               f"category {category}; an ablation needs one run per configuration, seed "
                               "and category: keep one of them")
         kept = part[part["category"].isin(common)]
-        with warnings.catch_warnings():  # an all-NaN metric stays NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            means = np.nanmean(kept[list(COLUMNS)].to_numpy(dtype=float), axis=0)  # as MetricAccumulator's
+        means = _category_mean(kept[list(COLUMNS)].to_numpy(dtype=float))
         runs = ", ".join(sorted(set(kept["run_dir"])))
         values += [{factor: value, "seed": seed, "runs": runs, "metric": label, "value": 100 * mean}
                    for label, mean in zip(COLUMNS.values(), means)]
@@ -419,16 +417,21 @@ def _repeat_values(runs: list[dict], category: str) -> list[float] | None:
         per_category = [v for v in per_category if v is not None]
         if not per_category:
             return None
-        with warnings.catch_warnings():  # an all-NaN metric stays NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            # as MetricAccumulator's mean
-            return list(np.nanmean(np.array(per_category, dtype=float), axis=0))
+        return list(_category_mean(np.array(per_category, dtype=float)))
     found = [r for r in runs if category in r["metrics"]]
     if len(found) > 1:
         raise AgpnetError(f"{found[0]['run_dir']} and {found[1]['run_dir']}: two runs of one method and seed "
                           f"hold category {category} (the same run twice, or on two copies of the data); "
                           "a table needs one run per method, seed and category: keep one of them")
     return _metric_list(found[0]["metrics"][category]) if found else None
+
+
+def _category_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over categories (rows) of (categories, metrics), NaN skipped as in MetricAccumulator's
+    mean; a metric NaN in every category stays NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=0)
 
 
 def _category_order(runs: list[dict]) -> list[str]:

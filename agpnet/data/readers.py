@@ -405,8 +405,7 @@ def _images(folder: Path, required: bool = False) -> list[Path]:
     holding images stops the read: its images would be skipped silently."""
     files = _image_files(folder)
     for sub in _subdirs(folder) if folder.is_dir() else []:
-        if any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-               for p in sub.rglob("*")):
+        if any(_is_image(p) for p in sub.rglob("*")):
             raise AgpnetError(f"{folder}: sub-folder {sub.name}/ holds images, which would not be read "
                               f"(expected the images directly in {folder}/, no sub-folders)")
     if required and not files:
@@ -416,12 +415,12 @@ def _images(folder: Path, required: bool = False) -> list[Path]:
 
 def _image_files(folder: Path) -> list[Path]:
     """Sorted image files directly in a folder (hidden files and other suffixes ignored)."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
+    return sorted(p for p in folder.iterdir() if _is_image(p)) if folder.is_dir() else []
+
+
+def _is_image(path: Path) -> bool:
+    """An image file by its suffix, not hidden."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
 
 
 def _mask_index(folder: Path) -> dict[str, Path]:
